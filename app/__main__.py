@@ -1,0 +1,64 @@
+"""`reward-serve` / `python -m app`: flags -> Settings -> uvicorn. Every setting has a flag; flags
+override REWARD_* environment variables, which override the defaults."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.main import create_app
+from app.middleware import logging_config
+
+
+def flag_of(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reward-serve", description="Serve hybrid rewards over HTTP (see also REWARD_* variables)."
+    )
+    for name, info in Settings.model_fields.items():
+        default = "from env" if info.default_factory else info.default
+        parser.add_argument(flag_of(name), dest=name, default=None, metavar=name.upper(),
+                            help=f"env REWARD_{name.upper()} (default: {default})")  # fmt: skip
+    return parser
+
+
+def settings_from_args(argv: list[str] | None = None) -> Settings:
+    """Settings from flags (given ones only, as strings pydantic validates) over env and defaults."""
+    args = vars(build_parser().parse_args(argv))
+    return Settings(**{name: value for name, value in args.items() if value is not None})
+
+
+def exit_after_graceful_shutdown(signum: int, frame: object) -> None:
+    """uvicorn re-raises SIGTERM once its graceful shutdown is done; a finished shutdown is a success."""
+    sys.exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        settings = settings_from_args(argv)
+    except ValidationError as exc:
+        sys.exit(f"reward-serve: invalid settings:\n{exc}")
+    logging.captureWarnings(True)  # library warnings get the log format (and request id) too
+    signal.signal(signal.SIGTERM, exit_after_graceful_shutdown)  # exit 0, not -15, for orchestrators
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=logging_config(settings.log_level),
+        access_log=False,  # one line per request would cost more than scoring it
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+    )
+
+
+if __name__ == "__main__":
+    main()

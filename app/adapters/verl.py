@@ -1,0 +1,65 @@
+"""verl custom reward function backed by the reward service.
+
+Point verl at this file and configure the service with environment variables:
+
+    REWARD_SERVICE_URL=http://rm-0:8000,http://rm-1:8000 REWARD_SERVICE_NAMESPACE=run-7 \
+    python -m verl.trainer.main_ppo custom_reward_function.path=app/adapters/verl.py \
+        custom_reward_function.name=compute_score ...
+
+or with `reward_model.reward_manager=batch custom_reward_function.name=compute_score_batch` to score a
+whole batch in a few requests. Options may also come from `custom_reward_function.reward_kwargs`
+(namespace, alpha, beta, normalize, clip, url), which win over the environment. verl passes only the
+decoded response, so the prompt is read from the sample's `extra_info` ("prompt", else "question"):
+put it there when preparing the dataset. A failure raises: verl has no way to skip a reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from typing import Any
+
+from app.adapters.pairs import to_pairs
+from app.client import RewardClient
+
+CLIENT_KWARGS = ("namespace", "alpha", "beta", "normalize", "clip")
+PROMPT_KEYS = ("prompt", "question")
+
+
+def compute_score(
+    data_source: str, solution_str: str, ground_truth: Any, extra_info: Mapping | None = None, **kwargs: Any
+) -> float:
+    """The service's reward of one decoded response (verl's per-sample reward managers call this)."""
+    return compute_score_batch([data_source], [solution_str], [ground_truth], [extra_info], **kwargs)[0]
+
+
+def compute_score_batch(
+    data_sources: Sequence[str],
+    solution_strs: Sequence[str],
+    ground_truths: Sequence[Any],
+    extra_infos: Sequence[Mapping | None],
+    **kwargs: Any,
+) -> list[float]:
+    """Rewards of a batch in input order (verl's `batch` reward manager calls this)."""
+    prompts = [prompt_of(info, index) for index, info in enumerate(extra_infos)]
+    rewards = client_for(**{k: kwargs.get(k) for k in ("url", *CLIENT_KWARGS)}).score_batch(
+        *to_pairs(prompts, solution_strs)
+    )
+    return [float(reward) for reward in rewards]  # on_error is "raise": every reward is a float
+
+
+def prompt_of(extra_info: Mapping | None, index: int) -> Any:
+    for key in PROMPT_KEYS:
+        if extra_info and extra_info.get(key):
+            return extra_info[key]
+    raise ValueError(
+        f"sample {index}: no prompt in extra_info (looked for {PROMPT_KEYS}); verl passes only the response, "
+        "so add the prompt (text or chat messages) to extra_info when preparing the dataset"
+    )
+
+
+@lru_cache(maxsize=8)
+def client_for(url: str | None = None, **options: Any) -> RewardClient:
+    """One pooled client per process and configuration, built on first use (after any fork)."""
+    urls = [u.strip() for u in url.split(",")] if url else None
+    return RewardClient.from_env(base_urls=urls, on_error="raise", **options)

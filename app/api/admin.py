@@ -1,0 +1,72 @@
+"""POST /admin/reload and /admin/rollback: swap model versions without a restart (bearer token required)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field, field_validator
+
+from app.api.deps import require_admin
+from app.api.errors import error_docs
+from app.errors import CheckpointError
+from app.schemas import ErrorResponse, StrictModel
+from app.store import validate_version_name
+from app.watcher import ModelWatcher, ReloadResult
+
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses=error_docs(401, 403, 404),
+)
+
+
+class ReloadRequest(StrictModel):
+    version: str | None = Field(
+        None, description="The version to load; default: the store's CURRENT. Naming one also moves CURRENT."
+    )
+
+    @field_validator("version")
+    @classmethod
+    def check_version_name(cls, value: str | None) -> str | None:
+        try:
+            return value if value is None else validate_version_name(value)
+        except CheckpointError as exc:
+            raise ValueError(exc.message) from exc
+
+
+class ReloadResponse(BaseModel):
+    outcome: str = Field(description="success, rollback, or unchanged when the version already serves.")
+    model_version: str = Field(description="The version serving from now on.")
+    previous_version: str | None = Field(description="The version it replaced (kept loaded for a rollback).")
+    load_seconds: float | None = Field(description="Time to verify, load and warm up the new version.")
+
+
+def get_watcher(request: Request) -> ModelWatcher:
+    return request.app.state.watcher
+
+
+Watcher = Annotated[ModelWatcher, Depends(get_watcher)]
+REFUSED_DOCS = {
+    409: {"model": ErrorResponse, "description": "The version failed a check; the live one serves on"}
+}
+
+
+def reload_response(result: ReloadResult) -> ReloadResponse:
+    return ReloadResponse(
+        outcome=result.outcome, model_version=result.version, previous_version=result.previous,
+        load_seconds=result.load_seconds,
+    )  # fmt: skip
+
+
+@router.post("/reload", response_model=ReloadResponse, responses={**REFUSED_DOCS, **error_docs(422)})
+async def reload_model(watcher: Watcher, body: ReloadRequest | None = None) -> ReloadResponse:
+    """Load a version beside the live one, check it, and swap it in; 409 with the reason if refused."""
+    return reload_response(await watcher.reload(body.version if body is not None else None))
+
+
+@router.post("/rollback", response_model=ReloadResponse)
+async def rollback_model(watcher: Watcher) -> ReloadResponse:
+    """Serve the previous version again (404 when there is none)."""
+    return reload_response(await watcher.rollback())

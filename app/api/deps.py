@@ -1,0 +1,40 @@
+"""Dependencies of the routers: the serving objects built by create_app, and the admin guard."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.config import Settings
+from app.errors import AdminDisabled, Unauthorized
+from app.registry import ModelRegistry
+from app.service import ScoringService
+
+
+def get_service(request: Request) -> ScoringService:
+    return request.app.state.service
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def require_admin(request: Request) -> None:
+    """Bearer token compared in constant time; with no token configured, admin endpoints are off."""
+    configured = get_settings(request).admin_token
+    if configured is None:
+        raise AdminDisabled("admin endpoints are disabled: set REWARD_ADMIN_TOKEN to enable them")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    expected = configured.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise Unauthorized("missing or wrong bearer token for an admin endpoint")
+
+
+Service = Annotated[ScoringService, Depends(get_service)]
+Registry = Annotated[ModelRegistry, Depends(get_registry)]

@@ -1,0 +1,268 @@
+"""The micro-batcher: one bounded queue for all clients -> length-grouped batches -> a worker thread.
+
+It knows neither HTTP nor torch. Callers submit payloads with a length estimate and a group key (items of
+different groups, e.g. model versions, never share a batch); `run_batch(list[payload]) -> list[result]`
+runs in a single worker thread so the event loop keeps accepting requests while the model computes.
+
+When the worker is free it waits at most `max_wait_s` after the oldest pending item (less if a full batch
+is already there), takes what is pending (oldest first, a few batches' worth), sorts each group by
+length and cuts contiguous runs by item count and padded-token budget, so a batch holds items of similar
+length and padding stays small. A large request is split across batches and shares them with others.
+Items whose caller has gone (cancelled future) are dropped before compute; a failing batch fails only its
+own items and the worker keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.errors import InferenceError, NotReady, Overloaded
+
+log = logging.getLogger(__name__)
+
+ROUND_BATCHES = 4  # batches' worth of pending items sorted together: enough to group lengths, still fair
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int = 64  # items per batch
+    max_batch_tokens: int = 16384  # batch size x longest length, the padded cost of one batch
+    max_wait_s: float = 0.002  # wait after the oldest pending item for a batch to fill
+    queue_size: int = 4096  # items pending at most; more are refused with Overloaded
+    retry_after_s: int = 1  # advertised to refused clients
+    max_queue_wait_s: float = 0.0  # refuse work expected to wait longer in the queue (0 = no such limit)
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_batch_tokens < 1 or self.queue_size < 1:
+            raise ValueError(f"batch size, token budget and queue size must be >= 1: {self}")
+        if self.max_wait_s < 0 or self.max_queue_wait_s < 0:
+            raise ValueError(f"max_wait_s and max_queue_wait_s must be >= 0: {self}")
+
+
+@dataclass
+class WorkItem:
+    payload: Any
+    length: int  # estimated tokens: the sort key and the token-budget unit
+    group: Hashable
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What one batch did; handed to the `on_batch` observer (metrics)."""
+
+    size: int
+    padded_tokens: int  # size x longest estimated length
+    real_tokens: int  # sum of estimated lengths
+    queue_waits: list[float]  # seconds each item waited before compute
+    run_seconds: float
+    failed: bool
+
+
+def cut_batches(items: Sequence[WorkItem], policy: BatchPolicy) -> list[list[WorkItem]]:
+    """Group by `group` (first-seen order), sort each by length, cut runs within size and token budget."""
+    groups: dict[Hashable, list[WorkItem]] = {}
+    for item in items:
+        groups.setdefault(item.group, []).append(item)
+    batches: list[list[WorkItem]] = []
+    for members in groups.values():
+        batch: list[WorkItem] = []
+        for item in sorted(members, key=lambda it: it.length):
+            padded = (len(batch) + 1) * max(item.length, 1)  # sorted: the new item is the longest
+            if batch and (len(batch) >= policy.max_batch_size or padded > policy.max_batch_tokens):
+                batches.append(batch)
+                batch = []
+            batch.append(item)
+        batches.append(batch)
+    return batches
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        run_batch: Callable[[list[Any]], list[Any]],
+        policy: BatchPolicy,
+        on_batch: Callable[[BatchReport], None] | None = None,
+    ):
+        self.run_batch = run_batch
+        self.policy = policy
+        self.on_batch = on_batch
+        self.consecutive_failures = 0  # batches in a row in which every item failed (readiness)
+        self.failing_group: Hashable | None = None  # the group of the latest such batch
+        self.items_per_s: float | None = None  # measured forward throughput (moving average), for admission
+        self._in_round = 0  # items taken off the queue for the current round, not computed yet
+        self._pending: deque[WorkItem] = deque()
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self._worker: asyncio.Task | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        """Stop the worker after its current batch; items still queued fail with NotReady."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.future.done():
+                item.future.set_exception(NotReady("the service is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    def submit(
+        self, payloads: Sequence[Any], lengths: Sequence[int], group: Hashable
+    ) -> list[asyncio.Future]:
+        """Queue all payloads or none: Overloaded when they do not fit, so a request is never half-queued."""
+        if len(self._pending) + len(payloads) > self.policy.queue_size:
+            self._drop_abandoned()
+        if len(self._pending) + len(payloads) > self.policy.queue_size:
+            raise Overloaded(
+                f"queue full ({len(self._pending)} of {self.policy.queue_size} items pending); retry later",
+                retry_after=self.policy.retry_after_s,
+            )
+        self._refuse_long_waits()
+        loop = asyncio.get_running_loop()
+        items = [WorkItem(p, n, group, loop.create_future()) for p, n in zip(payloads, lengths, strict=True)]
+        self._pending.extend(items)
+        self._arrived.set()
+        return [item.future for item in items]
+
+    async def run(self, payloads: Sequence[Any], lengths: Sequence[int], group: Hashable) -> list[Any]:
+        """Submit and await every result, in input order. If the caller goes away, its items are dropped."""
+        futures = self.submit(payloads, lengths, group)
+        try:
+            return list(await asyncio.gather(*futures))
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+    def expected_wait_s(self) -> float:
+        """Seconds until the items queued now are computed (a new item's wait); 0 before any measurement."""
+        if not self.items_per_s:
+            return 0.0
+        return (len(self._pending) + self._in_round) / self.items_per_s
+
+    def _refuse_long_waits(self) -> None:
+        # a count bound alone lets a slow model queue minutes of work: bound the wait itself. A request's
+        # own items do not count, so an idle server admits any request within max_items.
+        wait, limit = self.expected_wait_s(), self.policy.max_queue_wait_s
+        if limit and wait > limit:
+            raise Overloaded(
+                f"expected queue wait {wait:.1f} s exceeds max_queue_wait_s {limit:g} s; retry later",
+                retry_after=self.policy.retry_after_s,
+            )
+
+    def _drop_abandoned(self) -> None:
+        self._pending = deque(item for item in self._pending if not item.future.done())
+
+    async def _work(self) -> None:
+        while True:
+            await self._wait_for_batch()
+            round_items = self._take_round()
+            self._in_round = len(round_items)
+            for batch in cut_batches(round_items, self.policy):
+                live = [item for item in batch if not item.future.done()]
+                if live:
+                    await self._run(live)
+                self._in_round -= len(batch)
+
+    async def _wait_for_batch(self) -> None:
+        """Return once items are pending and a full batch is there or the oldest waited `max_wait_s`."""
+        while True:
+            self._drop_abandoned()
+            if self._pending and len(self._pending) >= self.policy.max_batch_size:
+                return
+            if self._pending:
+                timeout = self._pending[0].enqueued + self.policy.max_wait_s - time.monotonic()
+                if timeout <= 0:
+                    return
+            else:
+                timeout = None
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+
+    def _take_round(self) -> list[WorkItem]:
+        count = min(len(self._pending), self.policy.max_batch_size * ROUND_BATCHES)
+        return [self._pending.popleft() for _ in range(count)]
+
+    async def _run(self, batch: list[WorkItem]) -> None:
+        started = time.monotonic()
+        payloads = [item.payload for item in batch]
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._call, payloads)
+            failed = False
+        except asyncio.CancelledError:
+            self._resolve(batch, [NotReady("the service is shutting down")] * len(batch), failed=True)
+            raise
+        except Exception as exc:  # any failure of run_batch stays inside this batch
+            log.exception("batch of %d items failed", len(batch))
+            results, failed = [InferenceError(f"inference failed for this batch: {exc}")] * len(batch), True
+        self._resolve(batch, results, failed)
+        self._track_failures(batch, results)
+        if not failed:
+            self._measure_throughput(len(batch), time.monotonic() - started)
+        self._report(batch, started, failed)
+
+    def _measure_throughput(self, items: int, seconds: float) -> None:
+        rate = items / max(seconds, 1e-6)
+        self.items_per_s = rate if self.items_per_s is None else 0.8 * self.items_per_s + 0.2 * rate
+
+    def _call(self, payloads: list[Any]) -> list[Any]:
+        results = self.run_batch(payloads)
+        if len(results) != len(payloads):
+            raise RuntimeError(
+                f"run_batch returned {len(results)} results for {len(payloads)} payloads; "
+                "it must return exactly one result per payload, in order"
+            )
+        return results
+
+    @staticmethod
+    def _resolve(batch: list[WorkItem], results: list[Any], failed: bool) -> None:
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():  # the caller left while we computed
+                continue
+            if failed or isinstance(result, Exception):  # run_batch may fail single items
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+
+    def _track_failures(self, batch: list[WorkItem], results: list[Any]) -> None:
+        if all(isinstance(result, Exception) for result in results):
+            self.consecutive_failures += 1
+            self.failing_group = batch[0].group
+        else:
+            self.consecutive_failures = 0
+
+    def _report(self, batch: list[WorkItem], started: float, failed: bool) -> None:
+        if self.on_batch is None:
+            return
+        longest = max(item.length for item in batch)
+        self.on_batch(
+            BatchReport(
+                size=len(batch),
+                padded_tokens=len(batch) * longest,
+                real_tokens=sum(item.length for item in batch),
+                queue_waits=[started - item.enqueued for item in batch],
+                run_seconds=time.monotonic() - started,
+                failed=failed,
+            )
+        )

@@ -1,0 +1,103 @@
+"""Service settings: pydantic-settings with the `REWARD_` env prefix; `reward-serve` flags override env.
+
+Every field has one comment; validators refuse values that would make the service unsafe or useless.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+NormalizeMode = Literal["none", "batch", "running"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REWARD_", extra="ignore", validate_default=True)
+
+    # --- network ---
+    host: str = "127.0.0.1"  # bind address; loopback by default, containers bind 0.0.0.0 explicitly
+    port: int = Field(8000, ge=0, le=65535)  # TCP port (0 picks a free one)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"  # uvicorn and app log level
+
+    # --- model ---
+    model_store: Path = Path("model_store")  # directory of published versions with a CURRENT pointer
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available, else cpu
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # half precision only on cuda
+    torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)  # intra-op CPU threads
+
+    # --- micro-batching ---
+    max_batch_size: int = Field(64, ge=1, le=4096)  # items per forward pass (1 turns batching off)
+    max_batch_tokens: int = Field(16384, ge=1)  # token budget of one forward pass (estimated lengths)
+    max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)  # longest wait for more items after the first one
+    queue_size: int = Field(4096, ge=1)  # items waiting at most; beyond it requests get 429
+    retry_after_s: int = Field(1, ge=1)  # Retry-After advertised with 429 and 503 answers
+    max_queue_wait_s: float = Field(10.0, ge=0.0)  # 429 when the expected queue wait is longer; 0 = off
+
+    # --- input limits ---
+    max_items: int = Field(256, ge=1)  # items in one /score_batch request
+    max_text_chars: int = Field(20000, ge=1)  # characters in one prompt or response
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)  # request body size, checked before parsing
+    request_timeout_s: float = Field(60.0, gt=0.0)  # a request still queued or computing after this gets 504
+    body_timeout_s: float = Field(10.0, gt=0.0)  # a body still arriving after this gets 408 (slow clients)
+    shutdown_grace_s: float = Field(30.0, ge=0.0)  # on SIGTERM, time in-flight requests get to finish
+    unready_after_failures: int = Field(3, ge=1)  # consecutive failed batches that turn /readyz to 503
+
+    # --- reward mixing and normalization ---
+    alpha: float = Field(0.5, ge=0.0, le=1.0)  # default heuristic weight of the hybrid reward
+    beta: float = Field(0.5, ge=0.0, le=1.0)  # default model weight (alpha and beta are normalized to sum 1)
+    normalize: NormalizeMode = "none"  # default normalization when a request names none
+    clip: float | None = Field(None, gt=0.0)  # default clipping bound c of [-c, c]; None = no clipping
+    norm_eps: float = Field(1e-6, gt=0.0)  # added to the std before dividing
+    running_momentum: float = Field(0.99, ge=0.0, lt=1.0)  # EMA momentum of running mean/variance
+    max_namespaces: int = Field(1024, ge=1)  # namespaces with running stats kept; least recently used evicted
+    stats_path: Path | None = Path("running_stats.json")  # snapshot file of running stats; empty = off
+    stats_snapshot_s: float = Field(30.0, gt=0.0)  # seconds between running-stats snapshots
+
+    # --- admin ---
+    admin_token: SecretStr | None = None  # bearer token of admin endpoints; unset = admin disabled
+    reload_interval: float = Field(5.0, ge=0.0)  # seconds between checks of the store's CURRENT; 0 = off
+
+    # --- heuristic reward (see app/heuristics.py) ---
+    toxic_keywords: Annotated[tuple[str, ...] | None, NoDecode] = (
+        None  # comma-separated; None = built-in list
+    )
+    toxicity_weight: float = Field(1.0, ge=0.0)  # reward lost at full toxicity
+    toxicity_threshold: float = Field(0.0, ge=0.0, le=1.0)  # toxic-word ratio above which it is penalized
+    toxicity_saturation: float = Field(0.1, gt=0.0, le=1.0)  # toxic-word ratio counted as full toxicity
+    min_words: int = Field(3, ge=0)  # shorter responses lose length_penalty
+    max_words: int = Field(400, ge=1)  # longer responses lose length_penalty / 2
+    length_penalty: float = Field(0.5, ge=0.0)  # reward lost by too short responses
+    repetition_penalty: float = Field(2.0, ge=0.0)  # times (0.5 - unique-word ratio) below 0.5
+
+    @field_validator("toxic_keywords", mode="before")
+    @classmethod
+    def split_keywords(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(word.strip().lower() for word in value.split(",") if word.strip())
+        return value
+
+    @field_validator("stats_path", mode="before")
+    @classmethod
+    def empty_path_disables(cls, value: object) -> object:
+        return None if value in ("", "none", "None") else value
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def empty_token_disables(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def check_consistency(self) -> Settings:
+        if self.alpha + self.beta <= 0:
+            raise ValueError("alpha + beta must be > 0 (set REWARD_ALPHA and/or REWARD_BETA)")
+        if self.max_words <= self.min_words:
+            raise ValueError(f"max_words ({self.max_words}) must exceed min_words ({self.min_words})")
+        if self.device == "cpu" and self.dtype != "float32":
+            raise ValueError(f"dtype {self.dtype} needs device cuda; on cpu use float32")
+        if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 16:
+            raise ValueError("admin_token must be at least 16 characters (use a random secret)")
+        return self

@@ -1,0 +1,142 @@
+"""create_app(settings): the composition root. The lifespan builds every serving object, puts it on
+app.state, loads the model in the background (/readyz says when it is ready) and cleans up at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import fields
+
+from fastapi import FastAPI
+
+from app.api import admin, compat, health, model, score
+from app.api import metrics as metrics_api
+from app.api.errors import install_error_handlers
+from app.api.metrics import MetricsMiddleware
+from app.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from app.batcher import BatchPolicy, MicroBatcher
+from app.config import Settings
+from app.errors import CheckpointError
+from app.heuristics import HeuristicConfig
+from app.metrics import ServiceMetrics
+from app.middleware import HardeningMiddleware
+from app.normalize import RunningStats, write_snapshot
+from app.registry import ModelRegistry, configure_torch_threads
+from app.service import BatchScorer, ScoringDefaults, ScoringService, heuristic_config
+from app.watcher import ModelWatcher
+
+log = logging.getLogger(__name__)
+
+
+def batch_policy(settings: Settings) -> BatchPolicy:
+    return BatchPolicy(
+        max_batch_size=settings.max_batch_size,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_wait_s=settings.max_wait_ms / 1000,
+        queue_size=settings.queue_size,
+        retry_after_s=settings.retry_after_s,
+        max_queue_wait_s=settings.max_queue_wait_s,
+    )
+
+
+def scoring_defaults(settings: Settings) -> ScoringDefaults:
+    names = {f.name for f in fields(ScoringDefaults)}
+    return ScoringDefaults(**settings.model_dump(include=names))
+
+
+def heuristics_of(settings: Settings) -> HeuristicConfig:
+    weights = {f.name for f in fields(HeuristicConfig)} - {"toxic_keywords"}
+    return heuristic_config(settings.toxic_keywords, **settings.model_dump(include=weights))
+
+
+def running_stats_of(settings: Settings) -> RunningStats:
+    stats = RunningStats(settings.running_momentum, settings.norm_eps, settings.max_namespaces)
+    if settings.stats_path is not None:
+        try:
+            if stats.restore(settings.stats_path):
+                log.info("restored running stats of %d namespaces from %s", len(stats), settings.stats_path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("ignoring unreadable running-stats snapshot %s: %s", settings.stats_path, exc)
+    return stats
+
+
+async def load_model(registry: ModelRegistry, watcher: ModelWatcher) -> None:
+    """Load CURRENT, then watch the store (also when nothing loaded: a later publish is picked up)."""
+    try:
+        loaded = await asyncio.to_thread(registry.load_current)
+        log.info("loaded model version %s in %.2f s", loaded.version, registry.last_load_seconds)
+    except CheckpointError as exc:
+        log.error("no model to serve: %s", exc)
+    watcher.start()
+
+
+async def snapshot_periodically(stats: RunningStats, settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(settings.stats_snapshot_s)
+        await save_snapshot(stats, settings)
+
+
+async def save_snapshot(stats: RunningStats, settings: Settings) -> None:
+    if settings.stats_path is None:
+        return
+    snapshot = stats.to_dict()  # taken on the event loop, where the stats change; written off it
+    try:
+        await asyncio.to_thread(write_snapshot, settings.stats_path, snapshot)
+    except OSError as exc:
+        log.error("cannot write running-stats snapshot %s: %s", settings.stats_path, exc)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    configure_torch_threads(settings.torch_threads)
+    metrics: ServiceMetrics = app.state.metrics
+    registry = ModelRegistry(settings.model_store, settings.device, settings.dtype)
+    batcher = MicroBatcher(
+        BatchScorer(heuristics_of(settings)), batch_policy(settings), metrics.observe_batch
+    )
+    metrics.track_queue_depth(lambda: batcher.queue_depth)
+    stats, defaults = running_stats_of(settings), scoring_defaults(settings)
+    service = ScoringService(registry, batcher, stats, defaults, metrics)
+    watcher = ModelWatcher(registry, metrics, settings.reload_interval)
+    app.state.registry, app.state.batcher, app.state.service = registry, batcher, service
+    app.state.watcher = watcher
+    batcher.start()
+    background = [
+        asyncio.create_task(load_model(registry, watcher), name="load-model"),
+        asyncio.create_task(snapshot_periodically(service.running_stats, settings), name="stats-snapshot"),
+    ]
+    try:
+        yield
+    finally:
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await watcher.stop()
+        await batcher.stop()
+        await save_snapshot(service.running_stats, settings)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="reward-service",
+        summary="Micro-batched hybrid rewards for (prompt, response) pairs",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = ServiceMetrics()  # built here, not in the lifespan: the middleware needs it
+    install_error_handlers(app)
+    routers = (score.router, health.router, model.router, admin.router, metrics_api.router, compat.router)
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HardeningMiddleware, body_timeout_s=settings.body_timeout_s)  # needs the request id
+    app.add_middleware(RequestIdMiddleware)  # even a 413 carries the request id
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: times and counts all
+    return app

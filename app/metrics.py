@@ -1,0 +1,181 @@
+"""Every Prometheus object of the service: one `reward_` prefix, bounded labels, buckets chosen on purpose.
+
+`ServiceMetrics` owns its own CollectorRegistry and is built once by create_app, so two apps in one
+process (tests) never share counters. Labels are only the route template, the status code and a few
+fixed words: never a namespace, a version name outside reward_model_info, or any request text.
+
+The service runs one process per replica (no prometheus-client multiprocess mode): the micro-batcher
+only batches well when every request of a replica meets in one queue, and running statistics live in
+that process; scale out with replicas instead (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    generate_latest,
+)
+
+RELOAD_OUTCOMES = ("success", "refused", "rollback")
+REWARD_KINDS = ("hybrid", "model", "heuristic")
+
+
+def geometric_buckets(start: float, stop: float, factor: float = 2.0) -> tuple[float, ...]:
+    """start, start*factor, ... up to the first bound >= stop: even resolution on a log scale."""
+    bounds = [start]
+    while bounds[-1] < stop:
+        bounds.append(bounds[-1] * factor)
+    return tuple(round(b, 6) for b in bounds)
+
+
+def linear_buckets(start: float, stop: float, step: float) -> tuple[float, ...]:
+    count = round((stop - start) / step)
+    return tuple(round(start + i * step, 6) for i in range(count + 1))
+
+
+# request, queue and forward durations: 0.5 ms (a cached tiny batch) to ~33 s (past any sane timeout)
+DURATION_BUCKETS = geometric_buckets(0.0005, 30.0)
+# loading a version: 10 ms (tiny test models) to ~5 min (a large encoder from a slow disk)
+LOAD_BUCKETS = geometric_buckets(0.01, 300.0)
+# items per batch up to the largest allowed max_batch_size (4096)
+BATCH_SIZE_BUCKETS = geometric_buckets(1, 4096)
+# padded tokens per batch: one short pair (8) to four times the default token budget
+BATCH_TOKEN_BUCKETS = geometric_buckets(8, 65536)
+# share of a batch's padded tokens that is padding; fine near 0, where a well-sorted batch sits
+PADDING_RATIO_BUCKETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# model rewards are standardized by the checkpoint's calibration and heuristics start at 1.0 minus
+# penalties, so [-5, 5] in steps of 0.5 holds ordinary traffic and shows a drift of half a std
+REWARD_BUCKETS = linear_buckets(-5.0, 5.0, 0.5)
+
+
+class BatchStats(Protocol):
+    """What the micro-batcher reports about one batch (its BatchReport has these fields)."""
+
+    size: int
+    padded_tokens: int
+    real_tokens: int
+    queue_waits: list[float]
+    run_seconds: float
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu, open fds
+        self._define_http()
+        self._define_batching()
+        self._define_model()
+
+    def _define_http(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "reward_requests_total", "HTTP requests by route template and status code.",
+            ["endpoint", "status"], registry=r,
+        )  # fmt: skip
+        self.request_duration = Histogram(
+            "reward_request_duration_seconds", "Time from request received to response sent, by route.",
+            ["endpoint"], buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inflight = Gauge("reward_inflight_requests", "HTTP requests being handled now.", registry=r)
+        self.shed = Counter(
+            "reward_shed_total", "Requests refused with 429 because the queue was full.", registry=r
+        )
+
+    def _define_batching(self) -> None:
+        r = self.registry
+        self.queue_depth = Gauge("reward_queue_depth", "Items waiting in the micro-batch queue.", registry=r)
+        self.queue_wait = Histogram(
+            "reward_queue_wait_seconds", "Time an item waited in the queue before its batch started.",
+            buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.forward_duration = Histogram(
+            "reward_forward_duration_seconds", "Time to score one micro-batch (tokens, forward, heuristics).",
+            buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "reward_batch_size", "Items per micro-batch.", buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "reward_batch_tokens", "Padded tokens per micro-batch (items x longest estimated length).",
+            buckets=BATCH_TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.padding_ratio = Histogram(
+            "reward_batch_padding_ratio", "Share of a micro-batch's padded tokens that is padding.",
+            buckets=PADDING_RATIO_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.reward_value = Histogram(
+            "reward_value", "Rewards handed out, by part: hybrid, model (calibrated) and heuristic.",
+            ["kind"], buckets=REWARD_BUCKETS, registry=r,
+        )  # fmt: skip
+        for kind in REWARD_KINDS:
+            self.reward_value.labels(kind)
+
+    def _define_model(self) -> None:
+        r = self.registry
+        self.model_info = Info("reward_model", "The model version serving requests.", registry=r)
+        self.model_load = Histogram(
+            "reward_model_load_seconds", "Time to verify, load and warm up a model version.",
+            buckets=LOAD_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.reloads = Counter(
+            "reward_reloads_total", "Model reloads by outcome: success, refused, rollback.",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        for outcome in RELOAD_OUTCOMES:
+            self.reloads.labels(outcome)
+        self.last_reload = Gauge(
+            "reward_last_reload_timestamp_seconds", "Unix time of the last successful reload or rollback.",
+            registry=r,
+        )  # fmt: skip
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        self.request_duration.labels(endpoint).observe(seconds)
+        if status == 429:
+            self.shed.inc()
+
+    def observe_batch(self, batch: BatchStats) -> None:
+        """The batcher's `on_batch` observer."""
+        self.batch_size.observe(batch.size)
+        self.batch_tokens.observe(batch.padded_tokens)
+        waste = 1.0 - batch.real_tokens / batch.padded_tokens if batch.padded_tokens else 0.0
+        self.padding_ratio.observe(waste)
+        self.forward_duration.observe(batch.run_seconds)
+        for wait in batch.queue_waits:
+            self.queue_wait.observe(wait)
+
+    def observe_rewards(self, kind: str, values: Sequence[float]) -> None:
+        histogram = self.reward_value.labels(kind)
+        for value in values:
+            histogram.observe(value)
+
+    def track_queue_depth(self, depth: Callable[[], float]) -> None:
+        """Read the depth at scrape time, so the gauge is never stale."""
+        self.queue_depth.set_function(depth)
+
+    def model_loaded(self, version: str, load_seconds: float | None) -> None:
+        """A version went live (at start-up, by reload or by rollback)."""
+        self.model_info.info({"version": version})
+        if load_seconds is not None:
+            self.model_load.observe(load_seconds)
+
+    def reload_finished(self, outcome: str) -> None:
+        if outcome not in RELOAD_OUTCOMES:
+            raise ValueError(f"reload outcome must be one of {RELOAD_OUTCOMES}, got {outcome!r}")
+        self.reloads.labels(outcome).inc()
+        if outcome != "refused":
+            self.last_reload.set(time.time())
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format body and its content type, for GET /metrics."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

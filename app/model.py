@@ -1,0 +1,123 @@
+"""The reward model: tokens -> embedding -> transformer encoder -> masked mean pooling -> MLP head -> scalar.
+
+Torch only. Training and serving both build the model from `RewardModelConfig`, which is saved as
+`config.json` beside the weights so that a checkpoint rebuilds itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+
+@dataclass
+class RewardModelConfig:
+    vocab_size: int = 16000  # tokenizer vocabulary, padding id included
+    max_len: int = 256  # longest input in tokens, special tokens included
+    hidden: int = 768  # model width H (256-1024)
+    layers: int = 3  # transformer encoder layers (2-6)
+    heads: int = 8  # attention heads; hidden must divide by it
+    ffn_ratio: int = 4  # feed-forward width = ffn_ratio * hidden
+    dropout: float = 0.1  # dropout in encoder and head (0.05-0.2 when training from scratch)
+    pad_id: int = 0  # padding token id; its embedding is never trained
+    activation: str = "gelu"  # encoder feed-forward activation: gelu or relu
+    layer_norm_eps: float = 1e-5  # 1e-12 for BERT-style pretrained encoders
+    encoder: str = "scratch"  # flavour of encoder weights: scratch, or the pretrained source name
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if self.activation not in ("gelu", "relu"):
+            raise ValueError(f"activation must be 'gelu' or 'relu', got {self.activation!r}")
+        for name in ("vocab_size", "max_len", "hidden", "layers", "heads", "ffn_ratio"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RewardModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+class Embeddings(nn.Module):
+    """Token + learned position embeddings, then LayerNorm (the BERT layout, so pretrained weights fit)."""
+
+    def __init__(self, cfg: RewardModelConfig):
+        super().__init__()
+        self.tokens = nn.Embedding(cfg.vocab_size, cfg.hidden, padding_idx=cfg.pad_id)
+        self.positions = nn.Embedding(cfg.max_len, cfg.hidden)
+        self.norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.tokens(input_ids) + self.positions(positions)  # (B, T, H)
+        return self.dropout(self.norm(x))
+
+
+class RewardHead(nn.Module):
+    """pooled[H] -> H -> H/2 -> 1."""
+
+    def __init__(self, cfg: RewardModelConfig):
+        super().__init__()
+        half = cfg.hidden // 2
+        self.net = nn.Sequential(
+            nn.Linear(cfg.hidden, cfg.hidden),
+            nn.ReLU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, half),
+            nn.ReLU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(half, 1),
+        )
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.net(pooled).squeeze(-1)  # (B,)
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of hidden states over real tokens only: (B, T, H), (B, T) -> (B, H)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    summed = (hidden * mask).sum(dim=1)
+    count = mask.sum(dim=1).clamp(min=1.0)
+    return summed / count
+
+
+class RewardModel(nn.Module):
+    def __init__(self, cfg: RewardModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embeddings = Embeddings(cfg)
+        layer = nn.TransformerEncoderLayer(
+            d_model=cfg.hidden,
+            nhead=cfg.heads,
+            dim_feedforward=cfg.ffn_ratio * cfg.hidden,
+            dropout=cfg.dropout,
+            activation=cfg.activation,
+            layer_norm_eps=cfg.layer_norm_eps,
+            batch_first=True,
+            norm_first=False,  # post-norm: BERT's layout, and what the nested-tensor fast path needs
+        )
+        # enable_nested_tensor: in eval mode, padded positions are skipped entirely (compute on real tokens)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=cfg.layers, enable_nested_tensor=True)
+        self.head = RewardHead(cfg)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids and (B, T) mask of real tokens (1) -> (B,) rewards."""
+        x = self.embeddings(input_ids)  # (B, T, H)
+        padding = attention_mask == 0
+        x = self.encoder(x, src_key_padding_mask=padding)  # (B, T, H)
+        return self.head(masked_mean(x, attention_mask))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

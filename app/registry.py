@@ -1,0 +1,142 @@
+"""The live model: load a version from the store, check it, warm it up, and swap it in atomically.
+
+Requests read `registry.current` once at entry and keep that LoadedVersion for all their items, so a
+swap (`activate`) is one reference assignment and never splits a request across versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from app.errors import CheckpointError
+from app.store import LoadedVersion, load_version, read_current, version_dir
+
+log = logging.getLogger(__name__)
+
+MIN_MAX_LEN = 8  # tokens: CLS, two SEPs and a few of text on each side
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# fixed inputs of the warm-up forward: short, ordinary, empty-ish and longer than most models' max_len
+CANARY_PAIRS = (
+    ("How do I boil an egg?", "Put it in boiling water for about eight minutes, then cool it in cold water."),
+    ("Hi", "Hello! How can I help you today?"),
+    ("?", "."),
+    ("Tell me a long story. " * 40, "Once upon a time there was a reward model. " * 60),
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; asking for cuda without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError("REWARD_DEVICE=cuda but no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "float32" and device.type != "cuda":
+        raise CheckpointError(f"REWARD_DTYPE={name} needs a CUDA device; on {device.type} use float32")
+    return DTYPES[name]
+
+
+def configure_torch_threads(threads: int) -> None:
+    """Intra-op threads for the forward pass; one inter-op thread since batches run one at a time."""
+    torch.set_num_threads(threads)
+    if torch.get_num_interop_threads() != 1:
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # only settable before the first parallel work; harmless if too late
+            log.debug("inter-op threads already fixed at %d", torch.get_num_interop_threads())
+
+
+def forward_raw(version: LoadedVersion, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    """Raw model outputs for pairs, in input order: tokenize in Rust, sort by length, pad, one forward."""
+    ids = version.tokenizer.encode_pairs(prompts, responses)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    input_ids, mask = version.tokenizer.pad([ids[i] for i in order])  # (B, T) each
+    device = next(version.model.parameters()).device
+    with torch.inference_mode():
+        sorted_out = version.model(input_ids.to(device), mask.to(device)).float().cpu().tolist()  # (B,)
+    raw = [0.0] * len(ids)
+    for position, index in enumerate(order):
+        raw[index] = sorted_out[position]
+    return raw
+
+
+def check_compatible(version: LoadedVersion) -> None:
+    """Refuse an encoding this service cannot feed to the model: a pair must fit the position table,
+    leave room for text beside the three special tokens, and pad with the id the model masks."""
+    spec, cfg, tokenizer = version.tokenizer.spec, version.model.cfg, version.tokenizer
+    problems = []
+    if not MIN_MAX_LEN <= spec.max_len <= cfg.max_len:
+        problems.append(f"encoding max_len {spec.max_len} is not in [{MIN_MAX_LEN}, {cfg.max_len}] (model's)")
+    if tokenizer.pad_id != cfg.pad_id:
+        problems.append(f"tokenizer pads with id {tokenizer.pad_id}, the model masks id {cfg.pad_id}")
+    if problems:
+        raise CheckpointError(f"version {version.version}: incompatible config: {'; '.join(problems)}")
+
+
+def warm_up(version: LoadedVersion) -> None:
+    """Score the canary pairs alone and together; refuse non-finite or batch-dependent rewards."""
+    prompts, responses = zip(*CANARY_PAIRS, strict=True)
+    together = forward_raw(version, prompts, responses)
+    alone = [forward_raw(version, [p], [r])[0] for p, r in CANARY_PAIRS]
+    if not all(math.isfinite(x) for x in together + alone):
+        raise CheckpointError(f"version {version.version}: non-finite rewards on canary inputs: {together}")
+    drift = max(abs(a - b) for a, b in zip(together, alone, strict=True))
+    if drift > 1e-3 * max(1.0, max(abs(x) for x in alone)):
+        raise CheckpointError(f"version {version.version}: rewards change with batching (by {drift:.3g})")
+
+
+class ModelRegistry:
+    """Holds the live LoadedVersion; loading is separate from activation so a new version is checked
+    beside the old one before the swap."""
+
+    def __init__(self, store: Path, device: str = "auto", dtype: str = "float32"):
+        self.store = Path(store)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.current: LoadedVersion | None = None
+        self.previous: LoadedVersion | None = None
+        self.last_error: str | None = None
+        self.last_load_seconds: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    def load(self, version: str | None = None) -> LoadedVersion:
+        """Verify, load and warm up `version` (default: the store's CURRENT). Does not activate it."""
+        name = version or read_current(self.store)
+        if name is None:
+            raise CheckpointError(f"{self.store}: no CURRENT version; publish a model first (reward-train)")
+        started = time.perf_counter()
+        loaded = load_version(version_dir(self.store, name), device=self.device)
+        check_compatible(loaded)
+        loaded.model.to(dtype=self.dtype).eval()  # eval: no dropout, and the nested-tensor fast path
+        warm_up(loaded)
+        self.last_load_seconds = time.perf_counter() - started
+        return loaded
+
+    def activate(self, loaded: LoadedVersion) -> LoadedVersion | None:
+        """Make `loaded` the live version (one reference swap); returns the one it replaced."""
+        self.previous, self.current = self.current, loaded
+        self.last_error = None
+        log.info("model version %s is live on %s (%s)", loaded.version, self.device, str(self.dtype))
+        return self.previous
+
+    def load_current(self) -> LoadedVersion:
+        """Load the store's CURRENT and make it live; on failure keep what serves and remember why."""
+        try:
+            loaded = self.load()
+        except CheckpointError as exc:
+            self.last_error = str(exc)
+            raise
+        self.activate(loaded)
+        return loaded

@@ -1,0 +1,134 @@
+"""Request, response and error models of the HTTP API. Descriptions feed the OpenAPI page.
+
+Static rules live here (types, ranges, modes); limits that come from settings (text length, item count)
+are checked by the service, which reports them in the same error shape.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NormalizeMode = Literal["none", "batch", "running"]
+NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+
+class StrictModel(BaseModel):
+    # unknown fields are refused so that a typo ("normalise") is an error, not a silent default
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class Pair(StrictModel):
+    prompt: str = Field(min_length=1, description="The prompt (conversation so far). Non-empty.")
+    response: str = Field(min_length=1, description="The response to score. Non-empty.")
+
+
+class ScoreOptions(StrictModel):
+    alpha: float | None = Field(
+        None, ge=0.0, le=1.0, description="Heuristic weight in [0, 1]; default from the server (0.5)."
+    )
+    beta: float | None = Field(
+        None, ge=0.0, le=1.0, description="Model weight in [0, 1]; alpha and beta are normalized to sum 1."
+    )
+    normalize: NormalizeMode | None = Field(
+        None,
+        description="none: the hybrid reward; batch: z-score within this request's items (one item -> 0); "
+        "running: z-score with the namespace's running mean/variance (EMA), updated by this request.",
+    )
+    namespace: str = Field(
+        "default",
+        pattern=NAMESPACE_PATTERN,
+        description="Running-statistics namespace, e.g. the RL run id: runs never mix statistics.",
+    )
+    clip: float | None = Field(None, gt=0.0, description="Clip the final reward to [-clip, clip].")
+
+    @model_validator(mode="after")
+    def check_weights(self) -> ScoreOptions:
+        if self.alpha is not None and self.beta is not None and self.alpha + self.beta <= 0:
+            raise ValueError("alpha + beta must be > 0")
+        return self
+
+
+class ScoreRequest(ScoreOptions, Pair):
+    def pairs(self) -> list[Pair]:
+        return [Pair(prompt=self.prompt, response=self.response)]
+
+
+class ScoreBatchRequest(ScoreOptions):
+    items: list[Pair] = Field(min_length=1, description="Pairs to score, returned in the same order.")
+
+    def pairs(self) -> list[Pair]:
+        return self.items
+
+
+class HeuristicParts(BaseModel):
+    toxicity: float = Field(description="Toxicity in [0, 1] from the toxic-keyword ratio.")
+    words: int = Field(description="Words in the response.")
+    unique_ratio: float = Field(description="Distinct words / words.")
+    toxicity_penalty: float
+    length_penalty: float
+    repetition_penalty: float
+
+
+class ItemScore(BaseModel):
+    reward: float = Field(description="The final reward: hybrid, then normalized, then clipped.")
+    model_raw: float = Field(description="The model's raw output (no fixed scale).")
+    model_reward: float = Field(description="(model_raw - reward_mean) / reward_std of the checkpoint.")
+    heuristic_reward: float = Field(description="The heuristic reward (1.0 minus penalties).")
+    hybrid_reward: float = Field(description="alpha * heuristic_reward + beta * model_reward.")
+    normalized_reward: float = Field(description="The hybrid reward after normalization, before clipping.")
+    heuristic: HeuristicParts
+
+
+class ScoringContext(BaseModel):
+    model_version: str = Field(description="The model version that scored every item of the request.")
+    alpha: float = Field(description="Heuristic weight used (normalized).")
+    beta: float = Field(description="Model weight used (normalized).")
+    normalize: NormalizeMode
+    namespace: str
+    clip: float | None
+
+
+class ScoreResponse(ItemScore, ScoringContext):
+    pass
+
+
+class ScoreBatchResponse(ScoringContext):
+    rewards: list[float] = Field(description="Final rewards in input order.")
+    items: list[ItemScore] = Field(description="Every part of every reward, in input order.")
+
+
+class RunningStatsResponse(BaseModel):
+    namespace: str
+    count: int = Field(description="Rewards folded into the statistics.")
+    mean: float = Field(description="Exponential moving average of the hybrid reward.")
+    variance: float = Field(description="Exponential moving variance of the hybrid reward.")
+    momentum: float
+
+
+class ModelInfo(BaseModel):
+    version: str
+    architecture: dict = Field(description="RewardModelConfig of the checkpoint.")
+    encoding: dict = Field(description="How pairs become token ids (max_len, special tokens).")
+    parameters: int
+    device: str
+    dtype: str
+    calibration: dict = Field(description="reward_mean and reward_std used to standardize model_raw.")
+    metrics: dict = Field(description="Training metrics from the checkpoint's metrics.json.")
+    manifest: dict = Field(description="The version's manifest (created, training arguments, data).")
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model_version: str | None = None
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(description="validation_error, payload_too_large, overloaded, not_ready, ...")
+    message: str
+    details: list[dict] = Field(default_factory=list, description="Fields at fault and their limits.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,111 @@
+"""Pair encoding shared by training and serving: (prompt, response) -> token ids -> padded tensors.
+
+Layout of one input: `CLS prompt SEP response SEP`. When the pair is longer than `max_len`, the prompt
+loses its beginning first (the latest turns matter most); the prompt keeps at least a quarter of the
+budget when the response alone would fill it, and the response then keeps its beginning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<cls>", "<sep>")  # ids 0..3 in tokenizers trained here
+
+
+@dataclass(frozen=True)
+class EncodingSpec:
+    """How a pair becomes ids; saved in config.json so serving encodes exactly as training did."""
+
+    max_len: int = 256  # total tokens, special tokens included
+    cls_token: str = "<cls>"
+    sep_token: str = "<sep>"
+    pad_token: str = "<pad>"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EncodingSpec:
+        return cls(**data)
+
+
+def split_budget(prompt_len: int, response_len: int, budget: int) -> tuple[int, int]:
+    """How many prompt and response tokens fit into `budget` (see the module docstring)."""
+    if prompt_len + response_len <= budget:
+        return prompt_len, response_len
+    prompt_keep = min(prompt_len, max(budget - response_len, budget // 4))
+    return prompt_keep, min(response_len, budget - prompt_keep)
+
+
+class PairTokenizer:
+    def __init__(self, tokenizer: Tokenizer, spec: EncodingSpec):
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.cls_id = self._token_id(spec.cls_token)
+        self.sep_id = self._token_id(spec.sep_token)
+        self.pad_id = self._token_id(spec.pad_token)
+
+    def _token_id(self, token: str) -> int:
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"special token {token!r} is not in the tokenizer's vocabulary")
+        return token_id
+
+    @classmethod
+    def load(cls, path: str | Path, spec: EncodingSpec) -> PairTokenizer:
+        return cls(Tokenizer.from_file(str(path)), spec)
+
+    def save(self, path: str | Path) -> None:
+        self.tokenizer.save(str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode_pairs(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
+        """Token ids for each pair, truncated to `spec.max_len`. Tokenizes the whole batch in Rust."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        budget = self.spec.max_len - 3
+        prompt_ids = [e.ids for e in self.tokenizer.encode_batch(list(prompts), add_special_tokens=False)]
+        response_ids = [e.ids for e in self.tokenizer.encode_batch(list(responses), add_special_tokens=False)]
+        encoded = []
+        for p, r in zip(prompt_ids, response_ids):
+            keep_p, keep_r = split_budget(len(p), len(r), budget)
+            p_tail = p[len(p) - keep_p :]
+            encoded.append([self.cls_id, *p_tail, self.sep_id, *r[:keep_r], self.sep_id])
+        return encoded
+
+    def pad(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-pad to the longest member: -> (B, T) input ids, (B, T) attention mask."""
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = 1
+        return input_ids, mask
+
+    def encode_batch(self, prompts: Sequence[str], responses: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pad(self.encode_pairs(prompts, responses))
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 16000, min_frequency: int = 2) -> Tokenizer:
+    """Byte-level BPE trained on `texts`; the special tokens take ids 0..3 (`<pad>` is 0)."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer

@@ -1,0 +1,228 @@
+"""Evaluate a published reward model on pair files, per file and per source, next to simple baselines.
+
+    reward-evaluate --model-store model_store --pairs pairs.jsonl [more.jsonl.gz ...] [--output report.json]
+
+For each group of pairs: pair accuracy of the model, of the heuristic reward, of the hybrid the service
+serves (0.5 heuristic + 0.5 standardized model), of the length-only rules (shorter wins / longer wins);
+accuracy on length-matched pairs and on pairs whose chosen answer is the shorter one (where a length
+detector fails); the correlation of reward with response length; and calibration: accuracy per bucket of
+|score gap| next to the sigmoid(|gap|) a Bradley-Terry model predicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from app.errors import CheckpointError
+from app.heuristics import HeuristicConfig, heuristic_rewards
+from app.normalize import hybrid
+from app.store import LoadedVersion, load_version, read_current
+from app.training.pairs import PreferencePair, read_pairs
+from app.training.plots import plot_evaluation
+from app.training.scoring import score_responses
+
+LENGTH_MATCH_TOLERANCE = 0.2  # chosen and rejected within 20% of each other's length count as matched
+CALIBRATION_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # buckets of sigmoid(|gap|)
+HYBRID_ALPHA = 0.5  # the service's default heuristic weight
+
+
+@dataclass
+class ScoredPairs:
+    """Rewards of chosen and rejected responses, (N,) arrays each, aligned with `pairs`."""
+
+    pairs: list[PreferencePair]
+    model: tuple[np.ndarray, np.ndarray]
+    heuristic: tuple[np.ndarray, np.ndarray]
+    hybrid: tuple[np.ndarray, np.ndarray]
+    length: tuple[np.ndarray, np.ndarray]  # characters
+
+    def subset(self, mask: np.ndarray) -> ScoredPairs:
+        pick = lambda both: (both[0][mask], both[1][mask])  # noqa: E731
+        kept = [p for p, keep in zip(self.pairs, mask, strict=True) if keep]
+        return ScoredPairs(kept, pick(self.model), pick(self.heuristic), pick(self.hybrid), pick(self.length))
+
+
+def pair_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float | None:
+    """Share of pairs scored chosen > rejected, a tie counting half; None for no pairs."""
+    if len(chosen) == 0:
+        return None
+    return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
+
+
+def correlation(x: np.ndarray, y: np.ndarray) -> float | None:
+    if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def calibration(chosen: np.ndarray, rejected: np.ndarray) -> list[dict]:
+    """Per bucket of sigmoid(|gap|): pairs, mean predicted probability, share ordered correctly."""
+    gap = chosen - rejected
+    confidence = 1.0 / (1.0 + np.exp(-np.abs(gap)))
+    buckets = []
+    for low, high in zip(CALIBRATION_EDGES[:-1], CALIBRATION_EDGES[1:], strict=True):
+        inside = (confidence >= low) & ((confidence < high) | (high == CALIBRATION_EDGES[-1]))
+        n = int(inside.sum())
+        buckets.append(
+            {
+                "low": low,
+                "high": high,
+                "n": n,
+                "predicted": float(confidence[inside].mean()) if n else None,
+                "accuracy": float((gap[inside] > 0).mean()) if n else None,
+            }
+        )
+    return buckets
+
+
+def length_masks(scored: ScoredPairs) -> dict[str, np.ndarray]:
+    chosen_len, rejected_len = scored.length
+    longest = np.maximum(np.maximum(chosen_len, rejected_len), 1)
+    return {
+        "length_matched": np.abs(chosen_len - rejected_len) <= LENGTH_MATCH_TOLERANCE * longest,
+        "chosen_shorter": chosen_len < rejected_len,
+    }
+
+
+def group_report(scored: ScoredPairs) -> dict:
+    chosen_len, rejected_len = scored.length
+    shorter = pair_accuracy(-chosen_len, -rejected_len)
+    longer = pair_accuracy(chosen_len, rejected_len)
+    masks = length_masks(scored)
+    accuracy = {
+        "model": pair_accuracy(*scored.model),
+        "heuristic": pair_accuracy(*scored.heuristic),
+        "hybrid": pair_accuracy(*scored.hybrid),
+        "shorter_wins": shorter,
+        "longer_wins": longer,
+        "best_length_rule": max(shorter, longer),
+        **{name: pair_accuracy(*scored.subset(mask).model) for name, mask in masks.items()},
+    }
+    rewards = np.concatenate(scored.model)
+    return {
+        "n": len(scored.pairs),
+        "n_length_matched": int(masks["length_matched"].sum()),
+        "n_chosen_shorter": int(masks["chosen_shorter"].sum()),
+        "accuracy": accuracy,
+        "length_correlation": correlation(rewards, np.concatenate(scored.length)),
+        "reward_mean": float(rewards.mean()),
+        "reward_std": float(rewards.std()),
+        "calibration": calibration(*scored.model),
+    }
+
+
+def score_pairs(
+    version: LoadedVersion, pairs: list[PreferencePair], heuristics: HeuristicConfig
+) -> ScoredPairs:
+    prompts = [p.prompt for p in pairs] * 2
+    responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    model = score_responses(version.model, version.tokenizer, prompts, responses).numpy().astype(np.float64)
+    heuristic = np.array(heuristic_rewards(responses, heuristics))
+    mean, std = version.calibration
+    mixed = hybrid(heuristic, (model - mean) / std, HYBRID_ALPHA, 1 - HYBRID_ALPHA)  # elementwise on arrays
+    lengths = np.array([len(r) for r in responses], dtype=np.float64)
+    halves = lambda a: (a[: len(pairs)], a[len(pairs) :])  # noqa: E731
+    return ScoredPairs(pairs, halves(model), halves(heuristic), halves(mixed), halves(lengths))
+
+
+def evaluate_file(version: LoadedVersion, path: str, split: str | None, heuristics: HeuristicConfig) -> dict:
+    """{"all": report, "<source>": report, ...} for a file's pairs (one split of a prepared file)."""
+    pairs = read_pairs(path)
+    if split and any(p.split for p in pairs):
+        pairs = [p for p in pairs if p.split == split]
+    if not pairs:
+        raise ValueError(f"{path}: no pairs to evaluate" + (f" in split {split!r}" if split else ""))
+    scored = score_pairs(version, pairs, heuristics)
+    sources = np.array([p.source for p in pairs])
+    groups = {"all": group_report(scored)}
+    for source in sorted(set(sources)):
+        groups[source] = group_report(scored.subset(sources == source))
+    return groups
+
+
+def format_table(report: dict) -> str:
+    columns = (
+        "model",
+        "heuristic",
+        "hybrid",
+        "shorter_wins",
+        "longer_wins",
+        "length_matched",
+        "chosen_shorter",
+    )
+    header = (
+        f"{'file / group':<44} {'n':>6} " + " ".join(f"{c[:11]:>11}" for c in columns) + f" {'len corr':>9}"
+    )
+    lines = [header, "-" * len(header)]
+    cell = lambda v: f"{v:>11.3f}" if v is not None else f"{'-':>11}"  # noqa: E731
+    for path, groups in report["files"].items():
+        for name, group in groups.items():
+            label = f"{Path(path).name}:{name}"[-44:]
+            corr = group["length_correlation"]
+            lines.append(
+                f"{label:<44} {group['n']:>6} "
+                + " ".join(cell(group["accuracy"][c]) for c in columns)
+                + (f" {corr:>9.3f}" if corr is not None else f" {'-':>9}")
+            )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model-store", default="model_store", help="model store directory")
+    parser.add_argument("--version", default=None, help="version to evaluate (default: the store's CURRENT)")
+    parser.add_argument(
+        "--pairs", nargs="+", required=True, help="pair files (prepared, unified or HH; .gz ok)"
+    )
+    parser.add_argument(
+        "--split",
+        default="validation",
+        help="in prepared files, evaluate this split only ('all' for every pair)",
+    )
+    parser.add_argument("--output", default=None, help="write the JSON report here")
+    parser.add_argument("--plot", default=None, help="write a PNG of accuracies and calibration here")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        version_name = args.version or read_current(args.model_store)
+        if version_name is None:
+            raise ValueError(f"{args.model_store} has no CURRENT version; pass --version")
+        version = load_version(Path(args.model_store) / version_name)
+        split = None if args.split == "all" else args.split
+        files = {path: evaluate_file(version, path, split, HeuristicConfig()) for path in args.pairs}
+    except (CheckpointError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    report = {"version": version.version, "split": args.split, "files": files}
+    print(f"model {version.version}, split {args.split}")
+    print(format_table(report))
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2))
+    if args.plot:
+        groups = {
+            f"{Path(path).name}:{name}": g
+            for path, file_groups in files.items()
+            for name, g in file_groups.items()
+        }
+        plot_evaluation(groups, Path(args.plot))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

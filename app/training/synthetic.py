@@ -1,0 +1,88 @@
+"""Synthetic negatives: a chosen response made worse in a known way, so the model learns content, not length.
+
+Each kind damages the text differently and moves its length in a different direction (loops make it
+longer, truncation shorter, shuffling and off-topic keep it about the same), so no kind can be learned
+as "longer wins" or "shorter wins".
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+from app.training.pairs import PreferencePair
+
+MIN_WORDS = 6  # shorter chosen responses are too small to perturb meaningfully
+MAX_WORDS = 60  # longer ones would be perturbed past what a 128-token input shows, making invisible negatives
+SYNTHETIC_SOURCE = "synthetic"
+# every phrase holds a word of app.heuristics.DEFAULT_TOXIC_KEYWORDS, so the heuristic sees it too
+TOXIC_PHRASES = tuple(f"you {word}" for word in ("idiot", "moron", "loser", "pathetic", "worthless")) + (
+    "shut up",
+    "I hate you",
+    "what a stupid question",
+    "go to hell",
+    "this is crap",
+    "damn it",
+    "screw you, you ugly bastard",
+)
+
+
+def repetition_loop(words: list[str], rng: random.Random) -> str:
+    """Keep a prefix, then loop one short phrase of it, as a degenerate sampler does."""
+    start = rng.randrange(0, max(1, len(words) // 2))
+    phrase = words[start : start + rng.randint(2, 6)]
+    return " ".join(words[: start + len(phrase)] + phrase * rng.randint(4, 10))
+
+
+def truncation(words: list[str], rng: random.Random) -> str:
+    """Cut mid-sentence, keeping 20-60% of the words."""
+    keep = max(1, int(len(words) * rng.uniform(0.2, 0.6)))
+    return " ".join(words[:keep])
+
+
+def toxic_insertion(words: list[str], rng: random.Random) -> str:
+    out = list(words)
+    for _ in range(rng.randint(1, 3)):
+        out.insert(rng.randrange(len(out) + 1), rng.choice(TOXIC_PHRASES) + ",")
+    return " ".join(out)
+
+
+def shuffled_words(words: list[str], rng: random.Random) -> str:
+    out = list(words)
+    while out == words:
+        rng.shuffle(out)
+    return " ".join(out)
+
+
+PERTURBATIONS: dict[str, Callable[[list[str], random.Random], str]] = {
+    "repetition": repetition_loop,
+    "truncation": truncation,
+    "toxic": toxic_insertion,
+    "shuffle": shuffled_words,
+}
+KINDS = (*PERTURBATIONS, "off_topic")
+
+
+def make_negative(
+    base: PreferencePair, kind: str, others: Sequence[PreferencePair], rng: random.Random
+) -> str:
+    """The rejected response of a synthetic pair of `kind` built on `base.chosen`."""
+    if kind == "off_topic":
+        candidates = [p.chosen for p in (rng.choice(others) for _ in range(8)) if p.prompt != base.prompt]
+        return candidates[0] if candidates else ""
+    return PERTURBATIONS[kind](base.chosen.split(), rng)
+
+
+def synthesize(pairs: Sequence[PreferencePair], count: int, seed: int) -> list[PreferencePair]:
+    """`count` synthetic pairs, kinds in rotation, each in the same split as the prompt it reuses."""
+    rng = random.Random(seed)
+    bases = [p for p in pairs if p.kind == "real" and MIN_WORDS <= len(p.chosen.split()) <= MAX_WORDS]
+    if count and not bases:
+        raise ValueError(f"no chosen response has {MIN_WORDS}-{MAX_WORDS} words to perturb into negatives")
+    out = []
+    for i in range(count):
+        base, kind = rng.choice(bases), KINDS[i % len(KINDS)]
+        rejected = make_negative(base, kind, bases, rng)
+        if rejected and rejected != base.chosen:
+            out.append(PreferencePair(base.prompt, base.chosen, rejected, SYNTHETIC_SOURCE, kind, base.split))
+    return out

@@ -1,0 +1,109 @@
+"""Trainer wire formats on the real server: OpenRLHF /get_reward, vLLM-style /classify, /v1/models.
+
+Every reward is checked against what /score_batch answers for the pair the templated text splits into.
+"""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import pytest
+
+from tests.conftest import TINY_VERSION
+
+QUESTIONS = ["how do i boil an egg", "what is a good song for guitar", "explain why the river is long"]
+ANSWERS = ["put the egg in boiling water for eight minutes", "a short song with three chords", "water"]
+HH_PROMPTS = [f"\n\nHuman: {q}\n\nAssistant:" for q in QUESTIONS]
+CHATML_PROMPTS = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n" for q in QUESTIONS]
+QUERIES = [p + a + "<|im_end|>\n<|endoftext|>" for p, a in zip(CHATML_PROMPTS, ANSWERS, strict=True)]
+APPROX = {"rel": 1e-5, "abs": 1e-6}
+
+
+def post(url: str, path: str, body: dict) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def expected(server_url: str) -> dict:
+    """/score_batch's answer for the pairs the queries mean: HH prompt, bare answer."""
+    items = [{"prompt": p, "response": a} for p, a in zip(HH_PROMPTS, ANSWERS, strict=True)]
+    response = post(server_url, "/score_batch", {"items": items})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_openrlhf_query_with_prompts_gets_the_rewards_of_its_responses(server_url, expected):
+    response = post(
+        server_url, "/get_reward", {"query": QUERIES, "prompts": CHATML_PROMPTS, "labels": [1, 2, 3]}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["rewards"] == pytest.approx(expected["rewards"], **APPROX)
+    assert body["scores"] == body["rewards"]
+    model_rewards = [item["model_reward"] for item in expected["items"]]
+    assert body["extra_logs"]["model_reward"] == pytest.approx(model_rewards, **APPROX)
+
+
+def test_openrlhf_query_without_prompts_is_split_at_the_assistant_turn(server_url, expected):
+    body = post(server_url, "/get_reward", {"query": QUERIES}).json()
+    assert body["rewards"] == pytest.approx(expected["rewards"], **APPROX)
+
+
+def test_trailing_eos_and_pad_markers_do_not_change_the_reward(server_url):
+    bare = post(server_url, "/get_reward", {"query": [CHATML_PROMPTS[0] + ANSWERS[0]]}).json()["rewards"]
+    padded = CHATML_PROMPTS[0] + ANSWERS[0] + "<|im_end|><|endoftext|>" + "<|endoftext|>" * 5
+    assert post(server_url, "/get_reward", {"query": [padded]}).json()["rewards"] == pytest.approx(
+        bare, **APPROX
+    )
+
+
+def test_openrlhf_empty_query_gets_empty_lists(server_url):
+    response = post(server_url, "/get_reward", {"query": [], "prompts": [], "labels": []})
+    assert response.status_code == 200
+    assert response.json() == {"rewards": [], "scores": [], "extra_logs": {}}
+
+
+def test_a_query_that_cannot_be_split_is_refused_naming_it(server_url):
+    response = post(server_url, "/get_reward", {"query": [QUERIES[0], "no template here", CHATML_PROMPTS[1]]})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["type"] == "validation_error"
+    assert [detail["loc"] for detail in error["details"]] == [["body", "query", 1], ["body", "query", 2]]
+    assert "chat template" in error["details"][0]["msg"] and "empty" in error["details"][1]["msg"]
+
+
+def test_scoring_options_ride_on_the_url_query_string(server_url):
+    namespace = "openrlhf-run-1"
+    url = f"/get_reward?namespace={namespace}&normalize=running&clip=0.5"
+    body = post(server_url, url, {"query": QUERIES}).json()
+    assert all(-0.5 <= reward <= 0.5 for reward in body["rewards"])
+    stats = httpx.get(f"{server_url}/v1/stats/{namespace}", timeout=10).json()
+    assert stats["count"] == len(QUERIES)
+    bad = post(server_url, "/get_reward?alpha=7", {"query": QUERIES})
+    assert bad.status_code == 422 and bad.json()["error"]["details"][0]["loc"] == ["query", "alpha"]
+
+
+@pytest.mark.parametrize("path", ["/classify", "/v1/classify"])
+def test_classify_gives_the_sigmoid_of_the_reward_by_default(server_url, expected, path):
+    response = post(server_url, path, {"model": "anything", "input": QUERIES})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "list" and body["model"] == TINY_VERSION
+    assert [item["index"] for item in body["data"]] == [0, 1, 2]
+    assert all(item["num_classes"] == len(item["probs"]) == 1 for item in body["data"])
+    sigmoids = [1 / (1 + math.exp(-reward)) for reward in expected["rewards"]]
+    assert [item["probs"][-1] for item in body["data"]] == pytest.approx(sigmoids, **APPROX)
+    assert body["usage"]["prompt_tokens"] > 0
+
+
+@pytest.mark.parametrize("flag", ["use_activation", "activation"])
+def test_classify_without_activation_gives_the_raw_reward(server_url, expected, flag):
+    body = post(server_url, "/classify", {"model": "m", "input": QUERIES[1], flag: False}).json()
+    assert body["data"][0]["probs"][-1] == pytest.approx(expected["rewards"][1], **APPROX)
+
+
+def test_models_lists_the_live_version(server_url):
+    body = httpx.get(f"{server_url}/v1/models", timeout=10).json()
+    assert body["object"] == "list"
+    assert [model["id"] for model in body["data"]] == [TINY_VERSION]

@@ -1,0 +1,84 @@
+"""A forward pass that really fails: a checkpoint whose weights give NaN for inputs holding one token.
+
+Such a model passes the warm-up (the canary inputs never hold that token), then fails in service for
+the requests that do. Only those requests fail, with a 5xx that says why; the others in the same micro-
+batch get their rewards, the worker keeps serving, and /readyz is 503 while every batch fails and 200
+again as soon as one succeeds.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from app.store import publish_version, save_checkpoint_files
+from tests.conftest import calibration_of, sample_texts, start_server, tiny_model, tiny_tokenizer
+
+POISON_TOKEN = "Q"  # a byte token that neither the canary inputs nor the tiny sample texts contain
+POISON_TEXT = "QQQ is what I say"
+UNREADY_AFTER = 2
+
+
+@pytest.fixture(scope="module")
+def poisoned_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store whose CURRENT gives NaN for any input containing POISON_TOKEN."""
+    model, tokenizer = tiny_model(seed=3), tiny_tokenizer()
+    metrics = calibration_of(model, tokenizer)
+    poison_id = tokenizer.tokenizer.token_to_id(POISON_TOKEN)
+    with torch.no_grad():
+        model.embeddings.tokens.weight[poison_id] = float("nan")
+    store = tmp_path_factory.mktemp("poisoned_store")
+    write = lambda d: save_checkpoint_files(d, model, tokenizer, metrics)  # noqa: E731
+    publish_version(store, write, version="poisoned-v1")
+    return store
+
+
+@pytest.fixture(scope="module")
+def poisoned_server(poisoned_store: Path, tmp_path_factory: pytest.TempPathFactory):
+    env = {"REWARD_MAX_WAIT_MS": "200", "REWARD_UNREADY_AFTER_FAILURES": str(UNREADY_AFTER)}
+    with start_server(poisoned_store, tmp_path_factory.mktemp("poisoned"), env=env) as server:
+        yield server
+
+
+def score(url: str, prompt: str, response: str) -> httpx.Response:
+    return httpx.post(f"{url}/score", json={"prompt": prompt, "response": response}, timeout=30)
+
+
+def test_a_failing_item_fails_alone_and_its_batch_neighbours_get_rewards(poisoned_server) -> None:
+    clean = sample_texts(6, seed=11)
+    pairs = [(text, text) for text in clean] + [("hello", POISON_TEXT)]
+    # sent together: with a 200 ms batching window they share micro-batches
+    with concurrent.futures.ThreadPoolExecutor(len(pairs)) as pool:
+        answers = list(pool.map(lambda pair: score(poisoned_server.url, *pair), pairs))
+    *clean_answers, poisoned = answers
+    assert [a.status_code for a in clean_answers] == [200] * len(clean)
+    assert all(math.isfinite(a.json()["reward"]) for a in clean_answers)
+    assert poisoned.status_code == 500
+    error = poisoned.json()["error"]
+    assert error["type"] == "inference_error"
+    assert "non-finite" in error["message"]
+
+
+def test_a_whole_failing_batch_fails_its_request_and_the_worker_keeps_serving(poisoned_server) -> None:
+    batch = {"items": [{"prompt": "hi", "response": POISON_TEXT}, {"prompt": POISON_TEXT, "response": "ok"}]}
+    failed = httpx.post(f"{poisoned_server.url}/score_batch", json=batch, timeout=30)
+    assert failed.status_code == 500 and failed.json()["error"]["type"] == "inference_error"
+    assert score(poisoned_server.url, "how do I boil an egg", "put it in boiling water").status_code == 200
+
+
+def test_readyz_is_unready_while_all_batches_fail_and_ready_again_after_one_succeeds(poisoned_server) -> None:
+    url = poisoned_server.url
+    assert httpx.get(f"{url}/readyz").status_code == 200
+    for _ in range(UNREADY_AFTER):
+        assert score(url, "hi", POISON_TEXT).status_code == 500
+    unready = httpx.get(f"{url}/readyz")
+    assert unready.status_code == 503
+    assert unready.json()["error"]["type"] == "not_ready"
+    assert "Retry-After" in unready.headers
+    assert score(url, "how do I boil an egg", "put it in boiling water").status_code == 200
+    assert httpx.get(f"{url}/readyz").status_code == 200

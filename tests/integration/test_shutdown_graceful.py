@@ -1,0 +1,71 @@
+"""SIGTERM on a real server process: it stops accepting connections, finishes the requests in flight
+within the grace period, snapshots running statistics and exits 0."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import re
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import RunningServer, start_server
+
+PAIR = {"prompt": "How do I boil an egg?", "response": "Put it in boiling water for eight minutes."}
+
+
+def wait_for_queued_items(server: RunningServer, count: int, timeout_s: float = 30.0) -> None:
+    """Block until the batcher holds `count` items (the requests are in flight, not yet scored)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        metrics = httpx.get(f"{server.url}/metrics").text
+        depth = re.search(r"^reward_queue_depth (\S+)$", metrics, re.MULTILINE)
+        if depth and float(depth.group(1)) >= count:
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"{count} items never queued")
+
+
+def connection_refused(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/healthz", timeout=1.0)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def test_sigterm_finishes_in_flight_requests_snapshots_stats_and_exits_0(
+    tiny_model_store: Path, tmp_path: Path
+) -> None:
+    stats_path = tmp_path / "stats.json"
+    env = {
+        "REWARD_MAX_WAIT_MS": "1000",  # a lone item waits a second for company: it is in flight at SIGTERM
+        "REWARD_STATS_PATH": str(stats_path),
+        "REWARD_STATS_SNAPSHOT_S": "3600",  # only the shutdown snapshot can write the file
+        "REWARD_SHUTDOWN_GRACE_S": "20",
+    }
+    with start_server(tiny_model_store, tmp_path, env=env) as server:
+        request = {**PAIR, "normalize": "running", "namespace": "run-42"}
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(httpx.post, f"{server.url}/score", json=request, timeout=30)
+            wait_for_queued_items(server, 1)
+            server.process.send_signal(signal.SIGTERM)
+            refused_while_in_flight = False
+            while not in_flight.done() and not refused_while_in_flight:
+                refused_while_in_flight = connection_refused(server.url)
+            answer = in_flight.result()
+        assert answer.status_code == 200, answer.text
+        assert refused_while_in_flight, "the server kept accepting connections after SIGTERM"
+        assert server.process.wait(timeout=30) == 0, server.log()
+    snapshot = json.loads(stats_path.read_text())
+    assert snapshot["namespaces"]["run-42"]["count"] == 1
+
+
+def test_sigterm_with_nothing_in_flight_exits_0_at_once(tiny_model_store: Path, tmp_path: Path) -> None:
+    with start_server(tiny_model_store, tmp_path) as server:
+        assert httpx.post(f"{server.url}/score", json=PAIR).status_code == 200
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0, server.log()

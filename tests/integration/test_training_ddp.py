@@ -1,0 +1,37 @@
+"""Training scales past one process with torchrun (DistributedDataParallel, gloo on CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from app.store import read_current, verify_version
+from app.training.prepare import main as prepare_main
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = [str(REPO / "data" / "hh_harmless_sample.jsonl"), str(REPO / "data" / "alpaca_eval_sample.jsonl")]
+
+
+def test_two_processes_train_one_valid_artifact(tmp_path: Path) -> None:
+    data = tmp_path / "pairs.jsonl"
+    assert prepare_main(["--input", *SAMPLES, "--output", str(data), "--max-per-source", "60"]) == 0
+    store = tmp_path / "store"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "app.training.trainer", "--data", str(data), "--model-store", str(store), "--epochs", "2",
+        "--hidden", "32", "--layers", "2", "--heads", "2", "--ffn-ratio", "2", "--max-len", "64",
+        "--vocab-size", "400", "--batch-size", "8", "--lr", "1e-3", "--threads", "1", "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("published ") == 1  # rank 0 alone writes the artifact
+    versions = [p for p in store.iterdir() if not p.name.startswith(".") and p.is_dir()]
+    assert [p.name for p in versions] == [read_current(store)]
+    manifest = verify_version(versions[0])
+    metrics = json.loads((versions[0] / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and manifest["training_args"]["epochs"] == 2
+    assert metrics["curves"]["epoch"] == [1, 2]

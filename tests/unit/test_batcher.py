@@ -1,0 +1,191 @@
+"""The micro-batcher with plain-Python `run_batch` callables: no torch, no HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from app.batcher import BatchPolicy, MicroBatcher
+from app.errors import InferenceError, Overloaded
+
+
+class RecordingRunner:
+    """run_batch that doubles its payloads and remembers every batch it saw; can be held at a gate."""
+
+    def __init__(self, gate: threading.Event | None = None):
+        self.batches: list[list] = []
+        self.gate = gate
+        self.entered = threading.Event()
+
+    def __call__(self, payloads: list) -> list:
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(timeout=10)
+        self.batches.append(list(payloads))
+        return [p * 2 for p in payloads]
+
+
+def policy(**overrides) -> BatchPolicy:
+    return BatchPolicy(**{"max_batch_size": 4, "max_batch_tokens": 10_000, "max_wait_s": 0.01, **overrides})
+
+
+async def with_batcher(runner, coro_fn, **overrides):
+    batcher = MicroBatcher(runner, policy(**overrides))
+    batcher.start()
+    try:
+        return await coro_fn(batcher)
+    finally:
+        await batcher.stop()
+
+
+async def wait_entered(runner: RecordingRunner) -> None:
+    await asyncio.to_thread(runner.entered.wait, 10)
+
+
+def test_results_come_back_in_input_order_and_batches_respect_the_size_limit() -> None:
+    runner = RecordingRunner()
+    payloads = [5, 1, 9, 3, 7, 2, 8, 6, 4, 10]
+    results = asyncio.run(with_batcher(runner, lambda b: b.run(payloads, payloads, group="v1")))
+    assert results == [p * 2 for p in payloads]
+    assert all(len(batch) <= 4 for batch in runner.batches)
+    assert sorted(p for batch in runner.batches for p in batch) == sorted(payloads)
+
+
+def test_batches_hold_items_of_similar_length() -> None:
+    runner = RecordingRunner()
+    lengths = [1, 100, 2, 99, 3, 98, 4, 97]
+    asyncio.run(with_batcher(runner, lambda b: b.run(lengths, lengths, group="v1")))
+    assert sorted(map(sorted, runner.batches)) == [[1, 2, 3, 4], [97, 98, 99, 100]]
+
+
+def test_token_budget_cuts_batches_by_padded_length() -> None:
+    runner = RecordingRunner()
+    lengths = [10, 10, 10, 10, 50, 50]
+    asyncio.run(with_batcher(runner, lambda b: b.run(lengths, lengths, group="v1"), max_batch_tokens=100))
+    # 4 x 10 = 40 fits; 50s go two at a time (2 x 50 = 100) but never with the 10s (3 x 50 > 100)
+    assert sorted(map(sorted, runner.batches)) == [[10, 10, 10, 10], [50, 50]]
+
+
+def test_a_large_request_shares_batches_with_other_clients() -> None:
+    gate = threading.Event()
+    runner = RecordingRunner(gate)
+
+    async def scenario(batcher: MicroBatcher) -> None:
+        first = asyncio.create_task(batcher.run([0], [1], group="v1"))  # occupies the worker
+        await wait_entered(runner)
+        big = asyncio.create_task(batcher.run([1, 2, 3, 4, 5, 6], [1] * 6, group="v1"))
+        small = asyncio.create_task(batcher.run([100], [1], group="v1"))
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(first, big, small)
+
+    asyncio.run(with_batcher(runner, scenario))
+    later = runner.batches[1:]
+    assert [len(b) for b in later] == [4, 3]
+    assert any(100 in batch and len(set(batch) & {1, 2, 3, 4, 5, 6}) > 0 for batch in later)
+
+
+def test_items_of_different_groups_never_share_a_batch() -> None:
+    gate = threading.Event()
+    runner = RecordingRunner(gate)
+
+    async def scenario(batcher: MicroBatcher) -> tuple:
+        first = asyncio.create_task(batcher.run([0], [1], group="old"))
+        await wait_entered(runner)
+        old = asyncio.create_task(batcher.run([1, 2], [1, 1], group="old"))
+        new = asyncio.create_task(batcher.run([-1, -2], [1, 1], group="new"))
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(first, old, new)
+
+    _, old, new = asyncio.run(with_batcher(runner, scenario))
+    assert (old, new) == ([2, 4], [-2, -4])
+    assert sorted(map(sorted, runner.batches[1:])) == [[-2, -1], [1, 2]]
+
+
+def test_cancelled_items_are_dropped_before_compute() -> None:
+    gate = threading.Event()
+    runner = RecordingRunner(gate)
+
+    async def scenario(batcher: MicroBatcher) -> list:
+        first = asyncio.create_task(batcher.run([0], [1], group="v1"))
+        await wait_entered(runner)
+        gone = asyncio.create_task(batcher.run([7, 8], [1, 1], group="v1"))
+        stays = asyncio.create_task(batcher.run([9], [1], group="v1"))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        gate.set()
+        await first
+        return await stays
+
+    assert asyncio.run(with_batcher(runner, scenario)) == [18]
+    assert all(7 not in batch and 8 not in batch for batch in runner.batches)
+
+
+def test_a_full_queue_refuses_whole_requests_at_once_with_retry_after() -> None:
+    gate = threading.Event()
+    runner = RecordingRunner(gate)
+
+    async def scenario(batcher: MicroBatcher) -> None:
+        first = asyncio.create_task(batcher.run([0], [1], group="v1"))
+        await wait_entered(runner)
+        queued = asyncio.create_task(batcher.run([1, 2, 3], [1, 1, 1], group="v1"))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded) as refused:
+            await batcher.run([4, 5], [1, 1], group="v1")  # 3 + 2 > 4: nothing of it is queued
+        assert refused.value.retry_after == 1
+        assert batcher.queue_depth == 3
+        gate.set()
+        assert await batcher.run([6], [1], group="v1") == [12]  # room again once the queue drains
+        await asyncio.gather(first, queued)
+
+    asyncio.run(with_batcher(runner, scenario, queue_size=4))
+    assert all(4 not in batch and 5 not in batch for batch in runner.batches)
+
+
+def test_a_failing_batch_fails_only_its_items_and_the_worker_goes_on() -> None:
+    def run_batch(payloads: list) -> list:
+        if "poison" in payloads:
+            raise ValueError("boom")
+        return [p.upper() for p in payloads]
+
+    async def scenario(batcher: MicroBatcher) -> None:
+        with pytest.raises(InferenceError, match="boom"):
+            await batcher.run(["poison"], [1], group="v1")
+        assert await batcher.run(["ok"], [1], group="v1") == ["OK"]
+
+    asyncio.run(with_batcher(run_batch, scenario))
+
+
+def test_run_batch_returning_the_wrong_count_is_reported_with_a_fix() -> None:
+    async def scenario(batcher: MicroBatcher) -> None:
+        with pytest.raises(InferenceError, match="exactly one result per payload"):
+            await batcher.run([1, 2], [1, 1], group="v1")
+
+    asyncio.run(with_batcher(lambda payloads: payloads[:1], scenario))
+
+
+def test_the_event_loop_keeps_accepting_while_a_batch_computes() -> None:
+    gate = threading.Event()
+    runner = RecordingRunner(gate)
+
+    async def scenario(batcher: MicroBatcher) -> int:
+        first = asyncio.create_task(batcher.run([0], [1], group="v1"))
+        await wait_entered(runner)
+        futures = [asyncio.create_task(batcher.run([i], [1], group="v1")) for i in range(1, 4)]
+        await asyncio.sleep(0.01)
+        depth_while_busy = batcher.queue_depth
+        gate.set()
+        await asyncio.gather(first, *futures)
+        return depth_while_busy
+
+    assert asyncio.run(with_batcher(runner, scenario)) == 3
+
+
+def test_batch_policy_refuses_useless_values() -> None:
+    with pytest.raises(ValueError):
+        BatchPolicy(max_batch_size=0)
+    with pytest.raises(ValueError):
+        BatchPolicy(max_wait_s=-1)

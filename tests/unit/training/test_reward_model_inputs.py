@@ -1,0 +1,36 @@
+"""The model and pair encoding as training sees them: padding and truncation keep what is scored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.tokenizer import EncodingSpec, PairTokenizer
+from tests.conftest import sample_texts, tiny_model, tiny_tokenizer
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])  # eval takes the nested-tensor fast path, train does not
+def test_padding_does_not_change_a_reward(mode: str) -> None:
+    model, tokenizer = tiny_model(seed=3), tiny_tokenizer()
+    model.train(mode == "train")  # dropout is 0 in the tiny model, so train mode is deterministic
+    prompts, responses = sample_texts(6, seed=5), sample_texts(6, seed=6)
+    ids = tokenizer.encode_pairs(prompts, responses)
+    assert min(map(len, ids)) < tokenizer.spec.max_len // 2
+    with torch.no_grad():
+        alone = torch.cat([model(*tokenizer.pad([x])) for x in ids])
+        input_ids, mask = tokenizer.pad(ids)
+        extra = tokenizer.spec.max_len - input_ids.shape[1]  # pad every row out to the longest allowed input
+        input_ids = torch.nn.functional.pad(input_ids, (0, extra), value=tokenizer.pad_id)
+        padded = model(input_ids, torch.nn.functional.pad(mask, (0, extra)))
+    assert torch.allclose(alone, padded, atol=1e-5)
+
+
+def test_truncation_keeps_the_response_and_the_prompt_end() -> None:
+    tokenizer = PairTokenizer(tiny_tokenizer().tokenizer, EncodingSpec(max_len=24))
+    prompt = " ".join(["history"] * 40 + ["boil", "an", "egg"])
+    response = "water egg minutes"
+    [ids] = tokenizer.encode_pairs([prompt], [response])
+    assert len(ids) == 24
+    text = tokenizer.tokenizer.decode(ids)
+    assert text.rstrip().endswith(response)
+    assert "boil an egg" in text

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+
+from app.heuristics import HeuristicConfig, heuristic_score
+from app.training.pairs import PreferencePair
+from app.training.synthetic import KINDS, SYNTHETIC_SOURCE, synthesize
+
+BASES = [
+    PreferencePair(
+        f"prompt {i}", f"answer {i} explains the steps one by one with care and detail", "bad", "src"
+    )
+    for i in range(20)
+]
+
+
+def by_kind(count: int = 50) -> dict[str, list[PreferencePair]]:
+    out: dict[str, list[PreferencePair]] = {}
+    for pair in synthesize(BASES, count, seed=0):
+        out.setdefault(pair.kind, []).append(pair)
+    return out
+
+
+def test_every_kind_is_made_and_tagged() -> None:
+    made = by_kind()
+    assert set(made) == set(KINDS)
+    for pairs in made.values():
+        for pair in pairs:
+            assert pair.source == SYNTHETIC_SOURCE
+            assert pair.rejected != pair.chosen
+            assert pair.chosen in {b.chosen for b in BASES}
+
+
+def test_kinds_damage_the_text_as_named() -> None:
+    made = by_kind()
+    for pair in made["truncation"]:
+        assert pair.chosen.startswith(pair.rejected) and len(pair.rejected) < len(pair.chosen)
+    for pair in made["shuffle"]:
+        assert sorted(pair.rejected.split()) == sorted(pair.chosen.split())
+    for pair in made["repetition"]:
+        assert len(pair.rejected.split()) > len(set(pair.rejected.split())) + 4
+    for pair in made["off_topic"]:
+        assert pair.rejected in {b.chosen for b in BASES if b.prompt != pair.prompt}
+
+
+def test_toxic_insertions_are_seen_by_the_heuristic() -> None:
+    cfg = HeuristicConfig()
+    for pair in by_kind()["toxic"]:
+        assert heuristic_score(pair.rejected, cfg).toxicity > 0
+        assert heuristic_score(pair.chosen, cfg).toxicity == 0
+
+
+def test_synthetic_pairs_keep_the_split_of_their_prompt() -> None:
+    bases = [
+        PreferencePair(b.prompt, b.chosen, b.rejected, b.source, split=f"s{i % 2}")
+        for i, b in enumerate(BASES)
+    ]
+    split_of = {b.prompt: b.split for b in bases}
+    assert all(p.split == split_of[p.prompt] for p in synthesize(bases, 40, seed=1))
+
+
+def test_same_seed_same_negatives() -> None:
+    assert synthesize(BASES, 30, seed=5) == synthesize(BASES, 30, seed=5)
+
+
+def test_too_short_answers_cannot_be_perturbed() -> None:
+    with pytest.raises(ValueError, match="words to perturb"):
+        synthesize([PreferencePair("p", "ok", "no", "s")], 5, seed=0)
