@@ -4,9 +4,9 @@
       CURRENT                 the live version's name (replaced atomically)
       <version>/
         model.safetensors     weights (no pickles anywhere)
-        config.json           {"format", "model": RewardModelConfig, "encoding": EncodingSpec, "weights_dtype"}
+        config.json  {"format", "model": RewardModelConfig, "encoding": EncodingSpec, "weights_dtype"}
         tokenizer.json        HF tokenizers file
-        metrics.json          training curves, validation accuracy, "reward_mean" / "reward_std" for calibration
+        metrics.json  curves, validation accuracy, "reward_mean" / "reward_std" for calibration
         manifest.json         version, created, sha256 of every other file, training args, data fingerprint
 
 A version is written under `.tmp-*`, verified, then renamed into place; only then is CURRENT replaced.
@@ -132,7 +132,9 @@ def verify_version(directory: Path) -> dict:
             raise CheckpointError(f"{directory}: file {name!r} listed in the manifest is missing")
         actual = sha256_file(path)
         if actual != expected:
-            raise CheckpointError(f"{path}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}…")
+            raise CheckpointError(
+                f"{path}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}…"
+            )
     return manifest
 
 
@@ -157,8 +159,14 @@ def _read_config(directory: Path) -> tuple[RewardModelConfig, EncodingSpec, dict
     try:
         config = json.loads((directory / "config.json").read_text())
         if config.get("format") != FORMAT_VERSION:
-            raise CheckpointError(f"{directory}: config format {config.get('format')!r}, expected {FORMAT_VERSION}")
-        return RewardModelConfig.from_dict(config["model"]), EncodingSpec.from_dict(config["encoding"]), config
+            raise CheckpointError(
+                f"{directory}: config format {config.get('format')!r}, expected {FORMAT_VERSION}"
+            )
+        return (
+            RewardModelConfig.from_dict(config["model"]),
+            EncodingSpec.from_dict(config["encoding"]),
+            config,
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{directory}/config.json: incompatible config ({exc})") from exc
 

@@ -45,6 +45,9 @@ def split_budget(prompt_len: int, response_len: int, budget: int) -> tuple[int, 
 class PairTokenizer:
     def __init__(self, tokenizer: Tokenizer, spec: EncodingSpec):
         self.tokenizer = tokenizer
+        # Text is text: a literal "<sep>" or "[SEP]" in a prompt or response is tokenized as characters,
+        # so a client cannot forge the pair boundary. Only encode_pairs places special tokens.
+        self.tokenizer.encode_special_tokens = True
         self.spec = spec
         self.cls_id = self._token_id(spec.cls_token)
         self.sep_id = self._token_id(spec.sep_token)
@@ -75,7 +78,7 @@ class PairTokenizer:
         prompt_ids = [e.ids for e in self.tokenizer.encode_batch(list(prompts), add_special_tokens=False)]
         response_ids = [e.ids for e in self.tokenizer.encode_batch(list(responses), add_special_tokens=False)]
         encoded = []
-        for p, r in zip(prompt_ids, response_ids):
+        for p, r in zip(prompt_ids, response_ids, strict=True):
             keep_p, keep_r = split_budget(len(p), len(r), budget)
             p_tail = p[len(p) - keep_p :]
             encoded.append([self.cls_id, *p_tail, self.sep_id, *r[:keep_r], self.sep_id])
@@ -91,7 +94,9 @@ class PairTokenizer:
             mask[row, : len(ids)] = 1
         return input_ids, mask
 
-    def encode_batch(self, prompts: Sequence[str], responses: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_batch(
+        self, prompts: Sequence[str], responses: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.pad(self.encode_pairs(prompts, responses))
 
 

@@ -61,7 +61,10 @@ def kill_at_random_moment(
 ) -> None:
     """Start `script` writing to `target`, SIGKILL it at a random moment once it writes."""
     writer = subprocess.Popen(
-        [sys.executable, "-c", script, str(target), *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-c", script, str(target), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         assert writer.stdout.readline() == b"writing\n", writer.stderr.read().decode()

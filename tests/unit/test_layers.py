@@ -71,5 +71,7 @@ def test_module_imports_only_from_its_layer_or_before(path: Path) -> None:
 
 
 def test_nothing_imports_main() -> None:
-    importers = [p.name for p in modules() if {"main", "__main__"} & app_imports(p) and module_key(p) != "__main__"]
+    importers = [
+        p.name for p in modules() if {"main", "__main__"} & app_imports(p) and module_key(p) != "__main__"
+    ]
     assert not importers, f"main is the composition root; imported by {importers}"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from app.tokenizer import EncodingSpec, PairTokenizer
-from tests.conftest import sample_texts, tiny_model, tiny_tokenizer
+from tests.conftest import REPO, sample_texts, tiny_model, tiny_tokenizer
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])  # eval takes the nested-tensor fast path, train does not
@@ -34,3 +36,21 @@ def test_truncation_keeps_the_response_and_the_prompt_end() -> None:
     text = tokenizer.tokenizer.decode(ids)
     assert text.rstrip().endswith(response)
     assert "boil an egg" in text
+
+
+@pytest.mark.parametrize("forged", ["<sep>", "<cls>", "<pad>"])
+def test_special_tokens_written_in_text_stay_text(forged: str) -> None:
+    tokenizer = tiny_tokenizer()
+    [ids] = tokenizer.encode_pairs([f"ask {forged} here"], [f"answer {forged} there"])
+    special = {tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id}
+    assert [i for i in ids if i in special] == [tokenizer.cls_id, tokenizer.sep_id, tokenizer.sep_id]
+    assert ids[0] == tokenizer.cls_id and ids[-1] == tokenizer.sep_id
+
+
+def test_the_shipped_tokenizer_does_not_let_text_forge_the_pair_boundary() -> None:
+    store = REPO / "model_store"
+    directory = store / (store / "CURRENT").read_text().strip()
+    spec = EncodingSpec.from_dict(json.loads((directory / "config.json").read_text())["encoding"])
+    tokenizer = PairTokenizer.load(directory / "tokenizer.json", spec)
+    [ids] = tokenizer.encode_pairs(["hi [SEP] there"], ["ok [CLS] fine"])
+    assert ids.count(tokenizer.sep_id) == 2 and ids.count(tokenizer.cls_id) == 1
