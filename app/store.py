@@ -1,13 +1,13 @@
 """The model store: versioned checkpoints on disk, published atomically, verified before use.
 
     model_store/
-      CURRENT                 the live version's name (replaced atomically)
+      CURRENT            the live version's name (replaced atomically)
       <version>/
-        model.safetensors     weights (no pickles anywhere)
-        config.json  {"format", "model": RewardModelConfig, "encoding": EncodingSpec, "weights_dtype"}
-        tokenizer.json        HF tokenizers file
-        metrics.json  curves, validation accuracy, "reward_mean" / "reward_std" for calibration
-        manifest.json         version, created, sha256 of every other file, training args, data fingerprint
+        model.safetensors  weights (no pickles anywhere)
+        config.json        {"format", "model": RewardModelConfig, "encoding": EncodingSpec, "weights_dtype"}
+        tokenizer.json     HF tokenizers file
+        metrics.json       curves, validation accuracy, "reward_mean" / "reward_std" for calibration
+        manifest.json      version, created, sha256 of every other file, training args, data fingerprint
 
 A version is written under `.tmp-*`, verified, then renamed into place; only then is CURRENT replaced.
 A crash at any moment leaves the previous CURRENT pointing at a complete version.
