@@ -392,7 +392,10 @@ def train(cfg: TrainConfig) -> Path | None:
     torch.set_num_threads(cfg.threads)
     dist = setup_distributed(cfg.device)
     try:
-        return _train(cfg, dist)
+        published = _train(cfg, dist)
+        if dist.world_size > 1:
+            torch_dist.barrier()  # the other ranks wait while rank 0 publishes; then all leave together
+        return published
     finally:
         if dist.world_size > 1:
             torch_dist.destroy_process_group()
@@ -405,9 +408,8 @@ class Run:
     cfg: TrainConfig
     dist: Distributed
     model: RewardModel
-    wrapped: (
-        torch.nn.Module
-    )  # what a step calls: the model or its upper layers, maybe in DistributedDataParallel
+    # what a step calls: the model or its upper layers, maybe in DistributedDataParallel
+    wrapped: torch.nn.Module
     upper: UpperLayers | None  # the trainable top when the lower layers are frozen and cached
     tokenizer: PairTokenizer
     train_data: EncodedPairs
