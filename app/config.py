@@ -26,7 +26,8 @@ class Settings(BaseSettings):
     # --- model ---
     model_store: Path = Path("model_store")  # directory of published versions with a CURRENT pointer
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available, else cpu
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # half precision only on cuda
+    # auto = bfloat16 on a CPU with native bf16 (AVX512-BF16/AMX), else float32; float16 only on cuda
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)  # intra-op CPU threads
 
     # --- micro-batching ---
@@ -62,9 +63,8 @@ class Settings(BaseSettings):
     reload_interval: float = Field(5.0, ge=0.0)  # seconds between checks of the store's CURRENT; 0 = off
 
     # --- heuristic reward (see app/heuristics.py) ---
-    toxic_keywords: Annotated[tuple[str, ...] | None, NoDecode] = (
-        None  # comma-separated; None = built-in list
-    )
+    # comma-separated; None = built-in list
+    toxic_keywords: Annotated[tuple[str, ...] | None, NoDecode] = None
     toxicity_weight: float = Field(1.0, ge=0.0)  # reward lost at full toxicity
     toxicity_threshold: float = Field(0.0, ge=0.0, le=1.0)  # toxic-word ratio above which it is penalized
     toxicity_saturation: float = Field(0.1, gt=0.0, le=1.0)  # toxic-word ratio counted as full toxicity
@@ -96,8 +96,8 @@ class Settings(BaseSettings):
             raise ValueError("alpha + beta must be > 0 (set REWARD_ALPHA and/or REWARD_BETA)")
         if self.max_words <= self.min_words:
             raise ValueError(f"max_words ({self.max_words}) must exceed min_words ({self.min_words})")
-        if self.device == "cpu" and self.dtype != "float32":
-            raise ValueError(f"dtype {self.dtype} needs device cuda; on cpu use float32")
+        if self.device == "cpu" and self.dtype == "float16":
+            raise ValueError("dtype float16 needs device cuda; on cpu use bfloat16 or float32")
         if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 16:
             raise ValueError("admin_token must be at least 16 characters (use a random secret)")
         return self

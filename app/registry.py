@@ -39,9 +39,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); emulated bf16 is slower."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name != "float32" and device.type != "cuda":
-        raise CheckpointError(f"REWARD_DTYPE={name} needs a CUDA device; on {device.type} use float32")
+    """auto -> bfloat16 on a CPU with native bf16, float32 elsewhere (see docs/benchmarks.md for why);
+    float16 only on CUDA."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+    if name == "float16" and device.type != "cuda":
+        raise CheckpointError(f"REWARD_DTYPE=float16 needs a CUDA device; on {device.type} use float32")
     return DTYPES[name]
 
 
@@ -98,7 +108,7 @@ class ModelRegistry:
     """Holds the live LoadedVersion; loading is separate from activation so a new version is checked
     beside the old one before the swap."""
 
-    def __init__(self, store: Path, device: str = "auto", dtype: str = "float32"):
+    def __init__(self, store: Path, device: str = "auto", dtype: str = "auto"):
         self.store = Path(store)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)

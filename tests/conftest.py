@@ -136,7 +136,8 @@ def start_server(
     """Run `python -m app` on a free loopback port with REWARD_* `env` overrides; stop it on exit.
 
     Running-stats snapshots go to `log_dir` unless `env` says otherwise; torch gets one thread so that
-    tests sharing a few cores stay predictable.
+    tests sharing a few cores stay predictable, and computes in float32 whatever the CPU (the `auto`
+    default picks bfloat16 on CPUs with native bf16; tests/integration/test_dtype.py covers that).
     """
     port = free_port()
     command = [
@@ -150,7 +151,11 @@ def start_server(
         "--model-store",
         str(model_store),
     ]
-    defaults = {"REWARD_TORCH_THREADS": "1", "REWARD_STATS_PATH": str(log_dir / f"stats-{port}.json")}
+    defaults = {
+        "REWARD_TORCH_THREADS": "1",
+        "REWARD_STATS_PATH": str(log_dir / f"stats-{port}.json"),
+        "REWARD_DTYPE": "float32",  # tests compare served rewards with fp32 ones computed in the test
+    }
     log_path = log_dir / f"server-{port}.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
