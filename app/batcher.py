@@ -92,6 +92,7 @@ class MicroBatcher:
         run_batch: Callable[[list[Any]], list[Any]],
         policy: BatchPolicy,
         on_batch: Callable[[BatchReport], None] | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ):
         self.run_batch = run_batch
         self.policy = policy
@@ -102,7 +103,9 @@ class MicroBatcher:
         self._in_round = 0  # items taken off the queue for the current round, not computed yet
         self._pending: deque[WorkItem] = deque()
         self._arrived = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        # batches run one at a time on a single thread: given (shared with model loading) or our own
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self._worker: asyncio.Task | None = None
 
     @property
@@ -124,7 +127,8 @@ class MicroBatcher:
             item = self._pending.popleft()
             if not item.future.done():
                 item.future.set_exception(NotReady("the service is shutting down"))
-        self._executor.shutdown(wait=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=True)
 
     def submit(
         self, payloads: Sequence[Any], lengths: Sequence[int], group: Hashable

@@ -32,7 +32,8 @@ class Settings(BaseSettings):
 
     # --- micro-batching ---
     max_batch_size: int = Field(64, ge=1, le=4096)  # items per forward pass (1 turns batching off)
-    max_batch_tokens: int = Field(16384, ge=1)  # token budget of one forward pass (estimated lengths)
+    # token budget of one forward pass (estimated lengths); 0 = auto: 2048 on cpu, 16384 on cuda
+    max_batch_tokens: int = Field(0, ge=0)
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)  # longest wait for more items after the first one
     queue_size: int = Field(4096, ge=1)  # items waiting at most; beyond it requests get 429
     retry_after_s: int = Field(1, ge=1)  # Retry-After advertised with 429 and 503 answers

@@ -31,10 +31,15 @@ from app.watcher import ModelWatcher
 log = logging.getLogger(__name__)
 
 
-def batch_policy(settings: Settings) -> BatchPolicy:
+# On CPU, throughput peaks at batches of 8-16 full-length pairs and falls beyond (docs/benchmarks.md);
+# a GPU wants large batches.
+AUTO_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
+
+
+def batch_policy(settings: Settings, device_type: str) -> BatchPolicy:
     return BatchPolicy(
         max_batch_size=settings.max_batch_size,
-        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_tokens=settings.max_batch_tokens or AUTO_BATCH_TOKENS.get(device_type, 16384),
         max_wait_s=settings.max_wait_ms / 1000,
         queue_size=settings.queue_size,
         retry_after_s=settings.retry_after_s,
@@ -66,7 +71,7 @@ def running_stats_of(settings: Settings) -> RunningStats:
 async def load_model(registry: ModelRegistry, watcher: ModelWatcher) -> None:
     """Load CURRENT, then watch the store (also when nothing loaded: a later publish is picked up)."""
     try:
-        loaded = await asyncio.to_thread(registry.load_current)
+        loaded = await registry.run_compute(registry.load_current)
         log.info("loaded model version %s in %.2f s", loaded.version, registry.last_load_seconds)
     except CheckpointError as exc:
         log.error("no model to serve: %s", exc)
@@ -96,7 +101,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics: ServiceMetrics = app.state.metrics
     registry = ModelRegistry(settings.model_store, settings.device, settings.dtype)
     batcher = MicroBatcher(
-        BatchScorer(heuristics_of(settings)), batch_policy(settings), metrics.observe_batch
+        BatchScorer(heuristics_of(settings)),
+        batch_policy(settings, registry.device.type),
+        metrics.observe_batch,
+        executor=registry.compute,  # forward passes and model loads share the one torch thread
     )
     metrics.track_queue_depth(lambda: batcher.queue_depth)
     stats, defaults = running_stats_of(settings), scoring_defaults(settings)
@@ -118,6 +126,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await task
         await watcher.stop()
         await batcher.stop()
+        registry.close()
         await save_snapshot(service.running_stats, settings)
 
 

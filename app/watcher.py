@@ -120,7 +120,7 @@ class ModelWatcher:
     async def _load_and_swap(self, name: str) -> ReloadResult:
         live = self.registry.current
         try:
-            loaded = await asyncio.to_thread(self.registry.load, name)
+            loaded = await self.registry.run_compute(self.registry.load, name)
         except Exception as exc:  # every failure of a candidate is a refusal, whatever raised it
             reason = " ".join(str(exc).split()) or type(exc).__name__  # torch errors span lines
             self.metrics.reload_finished("refused")

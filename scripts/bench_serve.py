@@ -1,13 +1,19 @@
 """Benchmark the reward service: served throughput and latency vs the model's in-process ceiling.
 
-For each concurrency level, clients loop for `--duration` seconds against /score (1 item per request)
-and /score_batch (`--batch-items` items), with batching on (the server's settings) and off
-(REWARD_MAX_BATCH_SIZE=1), optionally against a naive one-request-one-forward FastAPI server of the same
-model. The ceiling is the best batched forward throughput of the same model on the same inputs,
-tokenization included, in this process. Prints a markdown table; `--json` writes every figure.
+For each concurrency level, closed-loop clients (each sends its next request when the previous one is
+answered) run for `--duration` seconds against /score (1 item per request) and /score_batch
+(`--batch-items` items), with batching on (the server's settings) and off (REWARD_MAX_BATCH_SIZE=1),
+optionally against a naive one-request-one-forward FastAPI server of the same model in the same dtype.
+The ceiling is the best batched forward throughput of the same model on the same inputs, tokenization
+included, in this process with the servers' threads and dtype. Prints a markdown table; `--json` writes
+every figure (machine, model, server RSS), `--plot` draws throughput and latency against concurrency.
 
-    python scripts/bench_serve.py --model-store model_store --concurrency 1 8 64 --duration 10 --naive
+    python scripts/bench_serve.py --concurrency 1 8 64 256 --naive --plot docs/bench_serve.png
     python scripts/bench_serve.py --url http://127.0.0.1:8000 --concurrency 64   # an already running server
+
+The clients are a minimal HTTP/1.1 keep-alive client on asyncio streams (requests encoded once): a
+general-purpose client such as httpx costs about 5 ms of CPU per request, which on a small machine
+would take a third of the cores away from the server being measured.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import torch
@@ -34,10 +41,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.registry import forward_raw  # noqa: E402
+from app.registry import configure_torch_threads, forward_raw, resolve_dtype  # noqa: E402
 from app.store import LoadedVersion, load_version, read_current, version_dir  # noqa: E402
 
-DEFAULT_DATA = Path("/work/shared/data/hh_harmless_base.jsonl.gz")
+DEFAULT_DATA = REPO / "data" / "hh_harmless_sample.jsonl"
 
 
 @dataclass
@@ -50,7 +57,9 @@ class Result:
     req_per_s: float
     items_per_s: float
     p50_ms: float
+    p90_ms: float
     p99_ms: float
+    server_rss_mib: float | None = None  # after this measurement
 
 
 def load_pairs(path: Path | None, count: int, seed: int) -> list[dict]:
@@ -59,7 +68,7 @@ def load_pairs(path: Path | None, count: int, seed: int) -> list[dict]:
     if path is not None and path.is_file():
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt") as f:
-            records = [json.loads(line) for line in f]
+            records = [json.loads(line) for line in f if line.strip()]
         rng.shuffle(records)
         return [
             {"prompt": r["prompt"], "response": r[rng.choice(("chosen", "rejected"))]}
@@ -81,13 +90,39 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
+# ---------------------------------------------------------------- load generator
+
+
+def encode_request(host: str, path: str, body: dict) -> bytes:
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+async def read_response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 response with a Content-Length body; -> status code."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
 async def drive(
     url: str, endpoint: str, concurrency: int, duration: float, pairs: list[dict], batch_items: int
 ) -> dict:
-    """`concurrency` clients, each sending its next request as soon as the previous one is answered."""
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + duration
+    """`concurrency` closed-loop clients on keep-alive connections for `duration` seconds."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
 
     def body(i: int) -> dict:
         if endpoint == "score":
@@ -95,23 +130,40 @@ async def drive(
         start = (i * batch_items) % len(pairs)
         return {"items": [pairs[(start + k) % len(pairs)] for k in range(batch_items)]}
 
-    async def client_loop(client: httpx.AsyncClient, worker: int) -> None:
-        nonlocal errors
-        i = worker
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            response = await client.post(f"/{endpoint}", json=body(i))
-            if response.status_code == 200:
-                latencies.append(time.perf_counter() - started)
-            else:
-                errors += 1
-            i += concurrency
+    variants = len(pairs) if endpoint == "score" else max(1, len(pairs) // batch_items)
+    requests = [encode_request(f"{host}:{port}", f"/{endpoint}", body(i)) for i in range(variants)]
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + duration
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(client_loop(client, w) for w in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    async def client_loop(worker: int) -> None:
+        nonlocal errors
+        i, reader, writer = worker, None, None
+        try:
+            while time.perf_counter() < deadline:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                started = time.perf_counter()
+                try:
+                    writer.write(requests[i % len(requests)])
+                    status = await asyncio.wait_for(read_response(reader), timeout=120)
+                except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+                    errors += 1
+                    writer.close()
+                    reader = writer = None
+                    continue
+                if status == 200:
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    errors += 1
+                i += concurrency
+        finally:
+            if writer is not None:
+                writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client_loop(w) for w in range(concurrency)))
+    elapsed = time.perf_counter() - started
     latencies.sort()
     per_request = 1 if endpoint == "score" else batch_items
     return {
@@ -120,8 +172,12 @@ async def drive(
         "req_per_s": len(latencies) / elapsed,
         "items_per_s": len(latencies) * per_request / elapsed,
         "p50_ms": 1000 * percentile(latencies, 0.50),
+        "p90_ms": 1000 * percentile(latencies, 0.90),
         "p99_ms": 1000 * percentile(latencies, 0.99),
     }
+
+
+# ---------------------------------------------------------------- servers
 
 
 def free_port() -> int:
@@ -142,16 +198,28 @@ def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 180) -> N
     raise TimeoutError(f"{url} not ready within {timeout_s} s")
 
 
+def rss_mib(pid: int) -> float | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
 @contextlib.contextmanager
-def serving(command: list[str], env: dict[str, str]) -> Iterator[str]:
+def serving(command: list[str], env: dict[str, str]) -> Iterator[tuple[str, int]]:
     port = free_port()
     process = subprocess.Popen(
-        [*command, "--port", str(port)], cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL
+        [*command, "--port", str(port)],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         try:
@@ -174,51 +242,30 @@ def server_command(store: Path) -> list[str]:
     ]
 
 
-def naive_command(store: Path, threads: int) -> list[str]:
-    return [sys.executable, __file__, "--serve-naive", "--model-store", str(store), "--threads", str(threads)]
+def naive_command(store: Path, threads: int, dtype: str) -> list[str]:
+    return [
+        sys.executable, __file__, "--serve-naive", "--model-store", str(store), "--threads", str(threads),
+        "--dtype", dtype,
+    ]  # fmt: skip
 
 
-def load_live(store: Path) -> LoadedVersion:
+def load_live(store: Path, dtype: str) -> LoadedVersion:
+    """The store's CURRENT version on the CPU in `dtype` (auto resolved as the server resolves it)."""
     version = read_current(store)
     if version is None:
         raise SystemExit(f"{store}: no CURRENT version to benchmark")
-    return load_version(version_dir(store, version))
+    loaded = load_version(version_dir(store, version))
+    loaded.model.to(dtype=resolve_dtype(dtype, torch.device("cpu"))).eval()
+    return loaded
 
 
-def in_process_ceiling(version: LoadedVersion, pairs: list[dict], batch_sizes: list[int]) -> dict:
-    """Best items/s of forward_raw (tokenize, pad, forward) over length-sorted `pairs`, per batch size."""
-    lengths = [
-        len(ids)
-        for ids in version.tokenizer.encode_pairs(
-            [p["prompt"] for p in pairs], [p["response"] for p in pairs]
-        )
-    ]
-    by_length = [
-        pairs[i] for i in sorted(range(len(pairs)), key=lengths.__getitem__)
-    ]  # as the server groups them
-    prompts, responses = [p["prompt"] for p in by_length], [p["response"] for p in by_length]
-    forward_raw(version, prompts[:8], responses[:8])  # warm-up
-    per_size = {}
-    for size in batch_sizes:
-        started = time.perf_counter()
-        for start in range(0, len(pairs), size):
-            forward_raw(version, prompts[start : start + size], responses[start : start + size])
-        per_size[size] = len(pairs) / (time.perf_counter() - started)
-    best = max(per_size, key=per_size.get)
-    return {
-        "best_items_per_s": per_size[best],
-        "best_batch_size": best,
-        "items_per_s_by_batch_size": per_size,
-    }
-
-
-def serve_naive(store: Path, port: int, threads: int) -> None:
+def serve_naive(store: Path, port: int, threads: int, dtype: str) -> None:
     """A naive server: one request, one forward pass, no queue, no batching."""
     import uvicorn
     from fastapi import FastAPI
 
     torch.set_num_threads(threads)
-    version = load_live(store)
+    version = load_live(store, dtype)
     app = FastAPI()
 
     @app.get("/readyz")
@@ -237,77 +284,162 @@ def serve_naive(store: Path, port: int, threads: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def run_matrix(targets: dict[str, str], args: argparse.Namespace, pairs: list[dict]) -> list[Result]:
+# ---------------------------------------------------------------- ceiling
+
+
+def in_process_ceiling(version: LoadedVersion, pairs: list[dict], batch_sizes: list[int]) -> dict:
+    """Best items/s of forward_raw (tokenize, pad, forward) over length-sorted `pairs`, per batch size."""
+    encoded = version.tokenizer.encode_pairs([p["prompt"] for p in pairs], [p["response"] for p in pairs])
+    lengths = [len(ids) for ids in encoded]
+    by_length = [pairs[i] for i in sorted(range(len(pairs)), key=lengths.__getitem__)]  # as the server sorts
+    prompts, responses = [p["prompt"] for p in by_length], [p["response"] for p in by_length]
+    forward_raw(version, prompts[:8], responses[:8])  # warm-up
+    per_size = {}
+    for size in batch_sizes:
+        best = 0.0
+        for _ in range(2):  # best of two passes
+            started = time.perf_counter()
+            for start in range(0, len(pairs), size):
+                forward_raw(version, prompts[start : start + size], responses[start : start + size])
+            best = max(best, len(pairs) / (time.perf_counter() - started))
+        per_size[size] = best
+    top = max(per_size, key=per_size.get)
+    return {
+        "best_items_per_s": per_size[top],
+        "best_batch_size": top,
+        "items_per_s_by_batch_size": per_size,
+        "mean_tokens": sum(lengths) / len(lengths),
+        "max_len": version.tokenizer.spec.max_len,
+    }
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_matrix(
+    name: str, url: str, pid: int | None, args: argparse.Namespace, pairs: list[dict]
+) -> list[Result]:
     results = []
-    for name, url in targets.items():
-        for endpoint in args.endpoints:
-            for concurrency in args.concurrency:
-                figures = asyncio.run(
-                    drive(url, endpoint, concurrency, args.duration, pairs, args.batch_items)
-                )
-                results.append(Result(name, endpoint, concurrency, **figures))
-                print(
-                    f"  {name:10s} {endpoint:11s} c={concurrency:<4d} {figures['items_per_s']:9.1f} items/s",
-                    file=sys.stderr,
-                )
+    for endpoint in args.endpoints:
+        for concurrency in args.concurrency:
+            figures = asyncio.run(drive(url, endpoint, concurrency, args.duration, pairs, args.batch_items))
+            result = Result(name, endpoint, concurrency, **figures)
+            result.server_rss_mib = rss_mib(pid) if pid else None
+            results.append(result)
+            print(
+                f"  {name:10s} {endpoint:11s} c={concurrency:<4d} {result.items_per_s:9.1f} items/s  "
+                f"p50 {result.p50_ms:8.1f} ms  p99 {result.p99_ms:8.1f} ms  errors {result.errors}",
+                file=sys.stderr,
+                flush=True,
+            )
     return results
 
 
 def benchmark_started_servers(args: argparse.Namespace, pairs: list[dict]) -> list[Result]:
-    env = {"REWARD_TORCH_THREADS": str(args.threads), "REWARD_QUEUE_SIZE": "100000"}
+    env = {
+        "REWARD_TORCH_THREADS": str(args.threads),
+        "REWARD_DTYPE": args.dtype,
+        "REWARD_QUEUE_SIZE": "100000",
+        "REWARD_MAX_QUEUE_WAIT_S": "0",  # measure throughput, not admission control
+        "REWARD_RELOAD_INTERVAL": "0",
+    }
     variants = {"batched": {}, "unbatched": {"REWARD_MAX_BATCH_SIZE": "1"}}
     results = []
     for name, extra in variants.items():
         if name in args.servers:
-            with serving(server_command(args.model_store), {**env, **extra}) as url:
-                results += run_matrix({name: url}, args, pairs)
+            with serving(server_command(args.model_store), {**env, **extra}) as (url, pid):
+                results += run_matrix(name, url, pid, args, pairs)
     if "naive" in args.servers:
-        with serving(naive_command(args.model_store, args.threads), {}) as url:
-            results += run_matrix({"naive": url}, args, pairs)
+        with serving(naive_command(args.model_store, args.threads, args.dtype), {}) as (url, pid):
+            results += run_matrix("naive", url, pid, args, pairs)
     return results
 
 
 def markdown(results: list[Result], ceiling: dict | None) -> str:
     lines = [
-        "| server | endpoint | clients | req/s | items/s | p50 ms | p99 ms | errors | % of ceiling |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server | endpoint | clients | req/s | items/s | p50 ms | p90 ms | p99 ms | errors | RSS MiB "
+        "| of ceiling |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
-        share = f"{100 * r.items_per_s / ceiling['best_items_per_s']:.0f}%" if ceiling else "-"
+        share = f"{r.items_per_s / ceiling['best_items_per_s']:.2f}" if ceiling else "-"
+        rss = f"{r.server_rss_mib:.0f}" if r.server_rss_mib else "-"
         lines.append(
             f"| {r.server} | /{r.endpoint} | {r.concurrency} | {r.req_per_s:.1f} | {r.items_per_s:.1f} | "
-            f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors} | {share} |"
+            f"{r.p50_ms:.0f} | {r.p90_ms:.0f} | {r.p99_ms:.0f} | {r.errors} | {rss} | {share} |"
         )
     if ceiling:
+        by_size = ", ".join(f"{k}: {v:.1f}" for k, v in ceiling["items_per_s_by_batch_size"].items())
         lines.append(
-            f"\nIn-process ceiling: {ceiling['best_items_per_s']:.1f} items/s "
-            f"(batch size {ceiling['best_batch_size']}, tokenization included)."
+            f"\nIn-process ceiling: {ceiling['best_items_per_s']:.1f} items/s at batch size "
+            f"{ceiling['best_batch_size']} (items/s by batch size: {by_size}; tokenization included; "
+            f"mean {ceiling['mean_tokens']:.0f} tokens per pair)."
         )
     return "\n".join(lines)
+
+
+def plot(results: list[Result], ceiling: dict | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    endpoints = sorted({r.endpoint for r in results})
+    fig, axes = plt.subplots(2, len(endpoints), figsize=(6 * len(endpoints), 8), squeeze=False)
+    for column, endpoint in enumerate(endpoints):
+        top, bottom = axes[0][column], axes[1][column]
+        for server in dict.fromkeys(r.server for r in results):
+            rows = [r for r in results if r.server == server and r.endpoint == endpoint]
+            clients = [r.concurrency for r in rows]
+            top.plot(clients, [r.items_per_s for r in rows], marker="o", label=server)
+            bottom.plot(clients, [r.p50_ms for r in rows], marker="o", label=f"{server} p50")
+            bottom.plot(clients, [r.p99_ms for r in rows], marker="x", linestyle="--", label=f"{server} p99")
+        if ceiling:
+            top.axhline(ceiling["best_items_per_s"], color="black", linestyle=":", label="in-process ceiling")
+        top.set(title=f"/{endpoint}: throughput", xscale="log", xlabel="concurrent clients", ylabel="items/s")
+        bottom.set(title=f"/{endpoint}: latency", xscale="log", yscale="log", xlabel="concurrent clients",
+                   ylabel="ms")  # fmt: skip
+        top.legend(fontsize=8)
+        bottom.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def machine_facts(args: argparse.Namespace, version: LoadedVersion | None) -> dict:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    facts = {
+        "platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "torch": torch.__version__,
+        "torch_threads": args.threads, "dtype": str(resolve_dtype(args.dtype, torch.device("cpu"))),
+        "duration_s": args.duration, "pairs": args.pairs, "data": str(args.data),
+    }  # fmt: skip
+    if version is not None:
+        facts["model"] = {"version": version.version, "parameters": version.model.num_parameters()}
+    return facts
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--model-store", type=Path, default=REPO / "model_store", help="store whose CURRENT is served"
-    )
+    parser.add_argument("--model-store", type=Path, default=REPO / "model_store", help="CURRENT is served")
     parser.add_argument("--url", help="benchmark this running server instead of starting servers")
     parser.add_argument(
         "--servers", nargs="+", default=["batched", "unbatched"], choices=["batched", "unbatched", "naive"]
     )
-    parser.add_argument(
-        "--naive", action="store_true", help="also benchmark the naive one-forward-per-request server"
-    )
+    parser.add_argument("--naive", action="store_true", help="also benchmark the naive server")
     parser.add_argument(
         "--endpoints", nargs="+", default=["score", "score_batch"], choices=["score", "score_batch"]
     )
-    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 64])
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 64, 256])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--batch-items", type=int, default=32, help="items per /score_batch request")
     parser.add_argument("--pairs", type=int, default=256, help="distinct input pairs")
-    parser.add_argument("--ceiling-batch-sizes", nargs="+", type=int, default=[16, 32, 64])
+    parser.add_argument("--ceiling-batch-sizes", nargs="+", type=int, default=[1, 4, 8, 16, 32, 64])
     parser.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help="JSONL(.gz) with prompt/chosen/rejected"
     )
@@ -315,9 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=os.cpu_count() or 1, help="torch threads of every server"
     )
     parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="every server's"
+    )
+    parser.add_argument(
         "--no-ceiling", dest="ceiling", action="store_false", help="skip the in-process ceiling"
     )
     parser.add_argument("--json", type=Path, help="write all figures here")
+    parser.add_argument("--plot", type=Path, help="write throughput and latency plots here (PNG)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--serve-naive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -327,24 +463,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.serve_naive:
-        serve_naive(args.model_store, args.port, args.threads)
+        serve_naive(args.model_store, args.port, args.threads, args.dtype)
         return
     if args.naive and "naive" not in args.servers:
         args.servers.append("naive")
     pairs = load_pairs(args.data, args.pairs, args.seed)
-    ceiling = None
-    if args.ceiling and not args.url:
-        torch.set_num_threads(args.threads)
-        ceiling = in_process_ceiling(load_live(args.model_store), pairs, args.ceiling_batch_sizes)
-    results = (
-        run_matrix({args.url: args.url}, args, pairs) if args.url else benchmark_started_servers(args, pairs)
-    )
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
-               "torch": torch.__version__, "duration_s": args.duration, "pairs": len(pairs)}  # fmt: skip
+    ceiling, version = None, None
+    if not args.url:
+        configure_torch_threads(args.threads)
+        version = load_live(args.model_store, args.dtype)
+        if args.ceiling:
+            ceiling = in_process_ceiling(version, pairs, args.ceiling_batch_sizes)
+            print(f"  ceiling {ceiling['best_items_per_s']:.1f} items/s", file=sys.stderr, flush=True)
+    facts = machine_facts(args, version)
+    version = None  # free the ceiling's model while the servers run
+    if args.url:
+        results = run_matrix(args.url, args.url, None, args, pairs)
+    else:
+        results = benchmark_started_servers(args, pairs)
     print(markdown(results, ceiling))
     if args.json:
-        report = {"machine": machine, "ceiling": ceiling, "results": [asdict(r) for r in results]}
+        report = {"machine": facts, "ceiling": ceiling, "results": [asdict(r) for r in results]}
         args.json.write_text(json.dumps(report, indent=2))
+    if args.plot:
+        plot(results, ceiling, args.plot)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ class ReloadResponse(BaseModel):
     load_seconds: float | None = Field(description="Time to verify, load and warm up the new version.")
 
 
-def get_watcher(request: Request) -> ModelWatcher:
+async def get_watcher(request: Request) -> ModelWatcher:
     return request.app.state.watcher
 
 

@@ -74,7 +74,7 @@ class ClassifyResponse(BaseModel):
     usage: dict[str, int | None]
 
 
-def query_options(
+async def query_options(
     namespace: str = "default",
     alpha: float | None = None,
     beta: float | None = None,

@@ -13,19 +13,21 @@ from app.registry import ModelRegistry
 from app.service import ScoringService
 
 
-def get_service(request: Request) -> ScoringService:
+# Dependencies are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop
+# per request that costs more than the lookup itself.
+async def get_service(request: Request) -> ScoringService:
     return request.app.state.service
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def get_settings(request: Request) -> Settings:
+def get_settings(request: Request) -> Settings:  # called directly, not a dependency
     return request.app.state.settings
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """Bearer token compared in constant time; with no token configured, admin endpoints are off."""
     configured = get_settings(request).admin_token
     if configured is None:
