@@ -75,8 +75,11 @@ def forward_raw(version: LoadedVersion, prompts: Sequence[str], responses: Seque
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     input_ids, mask = version.tokenizer.pad([ids[i] for i in order])  # (B, T) each
     device = next(version.model.parameters()).device
+    if device.type == "cuda":  # page-locked host memory: the copies run asynchronously on the stream
+        input_ids = input_ids.pin_memory().to(device, non_blocking=True)
+        mask = mask.pin_memory().to(device, non_blocking=True)
     with torch.inference_mode():
-        sorted_out = version.model(input_ids.to(device), mask.to(device)).float().cpu().tolist()  # (B,)
+        sorted_out = version.model(input_ids, mask).float().cpu().tolist()  # (B,); .cpu() synchronizes
     raw = [0.0] * len(ids)
     for position, index in enumerate(order):
         raw[index] = sorted_out[position]
