@@ -41,7 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.registry import configure_torch_threads, forward_raw, resolve_dtype  # noqa: E402
+from app.registry import configure_torch_threads, forward_raw, resolve_device, resolve_dtype  # noqa: E402
 from app.store import LoadedVersion, load_version, read_current, version_dir  # noqa: E402
 
 DEFAULT_DATA = REPO / "data" / "hh_harmless_sample.jsonl"
@@ -250,12 +250,14 @@ def naive_command(store: Path, threads: int, dtype: str) -> list[str]:
 
 
 def load_live(store: Path, dtype: str) -> LoadedVersion:
-    """The store's CURRENT version on the CPU in `dtype` (auto resolved as the server resolves it)."""
+    """The store's CURRENT version on the server's device (CUDA when present) in `dtype`, resolved as
+    the server resolves them."""
     version = read_current(store)
     if version is None:
         raise SystemExit(f"{store}: no CURRENT version to benchmark")
-    loaded = load_version(version_dir(store, version))
-    loaded.model.to(dtype=resolve_dtype(dtype, torch.device("cpu"))).eval()
+    device = resolve_device("auto")
+    loaded = load_version(version_dir(store, version), device=device)
+    loaded.model.to(dtype=resolve_dtype(dtype, device)).eval()
     return loaded
 
 
@@ -391,9 +393,11 @@ def plot(results: list[Result], ceiling: dict | None, path: Path) -> None:
         for server in dict.fromkeys(r.server for r in results):
             rows = [r for r in results if r.server == server and r.endpoint == endpoint]
             clients = [r.concurrency for r in rows]
-            top.plot(clients, [r.items_per_s for r in rows], marker="o", label=server)
-            bottom.plot(clients, [r.p50_ms for r in rows], marker="o", label=f"{server} p50")
-            bottom.plot(clients, [r.p99_ms for r in rows], marker="x", linestyle="--", label=f"{server} p99")
+            (line,) = top.plot(clients, [r.items_per_s for r in rows], marker="o", label=server)
+            color = line.get_color()
+            bottom.plot(clients, [r.p50_ms for r in rows], marker="o", color=color, label=f"{server} p50")
+            p99 = [r.p99_ms for r in rows]
+            bottom.plot(clients, p99, marker="x", linestyle="--", color=color, label=f"{server} p99")
         if ceiling:
             top.axhline(ceiling["best_items_per_s"], color="black", linestyle=":", label="in-process ceiling")
         top.set(title=f"/{endpoint}: throughput", xscale="log", xlabel="concurrent clients", ylabel="items/s")
@@ -405,7 +409,7 @@ def plot(results: list[Result], ceiling: dict | None, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def machine_facts(args: argparse.Namespace, version: LoadedVersion | None) -> dict:
+def machine_facts(args: argparse.Namespace, version: LoadedVersion | None, pair_count: int) -> dict:
     cpu = platform.processor()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -414,8 +418,10 @@ def machine_facts(args: argparse.Namespace, version: LoadedVersion | None) -> di
                 break
     facts = {
         "platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "torch": torch.__version__,
-        "torch_threads": args.threads, "dtype": str(resolve_dtype(args.dtype, torch.device("cpu"))),
-        "duration_s": args.duration, "pairs": args.pairs, "data": str(args.data),
+        "torch_threads": args.threads, "device": str(resolve_device("auto")),
+        "dtype": str(resolve_dtype(args.dtype, resolve_device("auto"))),
+        "duration_s": args.duration, "pairs": pair_count,
+        "data": str(args.data.relative_to(REPO) if args.data.is_relative_to(REPO) else args.data),
     }  # fmt: skip
     if version is not None:
         facts["model"] = {"version": version.version, "parameters": version.model.num_parameters()}
@@ -475,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.ceiling:
             ceiling = in_process_ceiling(version, pairs, args.ceiling_batch_sizes)
             print(f"  ceiling {ceiling['best_items_per_s']:.1f} items/s", file=sys.stderr, flush=True)
-    facts = machine_facts(args, version)
+    facts = machine_facts(args, version, len(pairs))
     version = None  # free the ceiling's model while the servers run
     if args.url:
         results = run_matrix(args.url, args.url, None, args, pairs)
