@@ -2,7 +2,8 @@
 
 It knows neither HTTP nor torch. Callers submit payloads with a length estimate and a group key (items of
 different groups, e.g. model versions, never share a batch); `run_batch(list[payload]) -> list[result]`
-runs in a single worker thread so the event loop keeps accepting requests while the model computes.
+runs in a single worker thread (its own, or one given and shared, e.g. with model loading) so the
+event loop keeps accepting requests while the model computes.
 
 When the worker is free it waits at most `max_wait_s` after the oldest pending item (less if a full batch
 is already there), takes what is pending (oldest first, a few batches' worth), sorts each group by

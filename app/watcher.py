@@ -1,11 +1,11 @@
 """Model lifecycle without restarts: watch the store's CURRENT, reload on demand, roll back.
 
-A new version is verified, loaded and warmed up in a worker thread beside the live one (the registry's
-`load`), then made live with one reference swap on the event loop. Requests pin the version they read
-at entry and the batcher never mixes versions in a batch, so the swap falls between micro-batches and
-no request sees two versions. Any failure refuses the version: the live one keeps serving, and the
-refusal is logged in one line, counted in reward_reloads_total{outcome="refused"} and raised to the
-caller (the admin response).
+A new version is verified, loaded and warmed up beside the live one on the registry's compute thread
+(the registry's `load`; scoring pauses between two batches meanwhile), then made live with one
+reference swap on the event loop. Requests pin the version they read at entry and the batcher never
+mixes versions in a batch, so the swap falls between micro-batches and no request sees two versions.
+Any failure refuses the version: the live one keeps serving, and the refusal is logged in one line,
+counted in reward_reloads_total{outcome="refused"} and raised to the caller (the admin response).
 
 The watcher reacts to *changes* of CURRENT, not to CURRENT differing from the live version, so a
 refused version is not retried every interval and an admin rollback is not undone by the next poll.
