@@ -102,19 +102,61 @@ def encode_request(host: str, path: str, body: dict) -> bytes:
     return head.encode() + payload
 
 
-async def read_response(reader: asyncio.StreamReader) -> int:
-    """Read one HTTP/1.1 response with a Content-Length body; -> status code."""
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes]]:
+    """Read one HTTP/1.1 response with a Content-Length body; -> (status code, lower-cased headers)."""
     head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
+    lines = head.rstrip(b"\r\n").split(b"\r\n")
     status = int(lines[0].split()[1])
-    length = 0
+    headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get(b"content-length", 0))
     if length:
         await reader.readexactly(length)
-    return status
+    return status, headers
+
+
+IDLE_REUSE_S = 3.0  # reuse a keep-alive connection idle for less than this
+
+
+class Connections:
+    """Keep-alive HTTP/1.1 connections to one server, opened on demand and reused."""
+
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []  # + last use
+
+    def post(self, path: str, body: dict) -> bytes:
+        return encode_request(f"{self.host}:{self.port}", path, body)
+
+    async def connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while self.idle:
+            reader, writer, last_use = self.idle.pop()
+            if time.monotonic() - last_use < IDLE_REUSE_S:
+                return reader, writer
+            writer.close()  # the server may have closed it (uvicorn's keep-alive timeout is 5 s)
+        return await asyncio.open_connection(self.host, self.port)
+
+    async def send(self, request: bytes, timeout_s: float = 300) -> tuple[int, dict[bytes, bytes]]:
+        reader, writer = await self.connection()
+        try:
+            writer.write(request)
+            status, headers = await asyncio.wait_for(read_response(reader), timeout=timeout_s)
+        except BaseException:
+            writer.close()
+            raise
+        if headers.get(b"connection", b"").lower() == b"close":
+            writer.close()
+        else:
+            self.idle.append((reader, writer, time.monotonic()))
+        return status, headers
+
+    def close(self) -> None:
+        for _, writer, _ in self.idle:
+            writer.close()
+        self.idle.clear()
 
 
 async def drive(
@@ -146,7 +188,7 @@ async def drive(
                 started = time.perf_counter()
                 try:
                     writer.write(requests[i % len(requests)])
-                    status = await asyncio.wait_for(read_response(reader), timeout=120)
+                    status, _ = await asyncio.wait_for(read_response(reader), timeout=120)
                 except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
                     errors += 1
                     writer.close()
