@@ -26,6 +26,7 @@ from app.middleware import HardeningMiddleware
 from app.normalize import RunningStats, write_snapshot
 from app.registry import ModelRegistry, configure_torch_threads
 from app.service import BatchScorer, ScoringDefaults, ScoringService, heuristic_config
+from app.store import remove_stale_temporaries
 from app.watcher import ModelWatcher
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,14 @@ def running_stats_of(settings: Settings) -> RunningStats:
     return stats
 
 
+STALE_TEMPORARY_S = 3600.0  # a `.tmp-*` version untouched this long belongs to a killed publish
+
+
 async def load_model(registry: ModelRegistry, watcher: ModelWatcher) -> None:
     """Load CURRENT, then watch the store (also when nothing loaded: a later publish is picked up)."""
+    removed = await asyncio.to_thread(remove_stale_temporaries, registry.store, STALE_TEMPORARY_S)
+    if removed:
+        log.info("removed %d half-written versions left by killed publishes: %s", len(removed), removed)
     try:
         loaded = await registry.run_compute(registry.load_current)
         log.info("loaded model version %s in %.2f s", loaded.version, registry.last_load_seconds)

@@ -285,10 +285,17 @@ def publish_version(
     return final
 
 
-def remove_stale_temporaries(store: str | Path) -> list[str]:
-    """Delete `.tmp-*` directories left by publishes that were killed midway."""
+def remove_stale_temporaries(store: str | Path, older_than_s: float = 0.0) -> list[str]:
+    """Delete `.tmp-*` directories left by publishes that were killed midway, when last modified more
+    than `older_than_s` ago (a publish in progress elsewhere keeps its directory)."""
     removed = []
+    cutoff = time.time() - older_than_s
     for path in Path(store).glob(".tmp-*"):
+        try:
+            if path.stat().st_mtime > cutoff:
+                continue
+        except OSError:
+            continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path.name)
     return removed

@@ -5,6 +5,7 @@ names a complete version that verifies and loads. Writers are real subprocesses;
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -100,8 +101,23 @@ def test_model_store_survives_kill_9_mid_publish(tmp_path: Path) -> None:
         load_version(store / current)  # verifies every checksum, then loads
         for version in list_versions(store):
             verify_version(store / version)
-        remove_stale_temporaries(store)  # what a restart does with half-written versions
+        remove_stale_temporaries(store)  # what a restart does with half-written versions (once old)
     assert not list(store.glob(".tmp-*"))
+
+
+def test_a_server_start_removes_old_half_written_versions_only(tmp_path: Path) -> None:
+    store = tmp_path / "model_store"
+    publish_tiny_version(store, "v1")
+    old, fresh = store / ".tmp-killed-publish", store / ".tmp-publish-in-progress"
+    for directory in (old, fresh):
+        directory.mkdir()
+        (directory / "model.safetensors").write_bytes(b"half written")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    with start_server(store, tmp_path) as server:
+        assert httpx.get(f"{server.url}/readyz").json()["model_version"] == "v1"
+        assert "removed 1 half-written versions" in server.log()
+    assert not old.exists() and fresh.exists()
 
 
 def test_server_killed_mid_snapshot_restarts_with_its_stats(tiny_model_store: Path, tmp_path: Path) -> None:
