@@ -88,7 +88,7 @@ class ServiceMetrics:
         )  # fmt: skip
         self.inflight = Gauge("reward_inflight_requests", "HTTP requests being handled now.", registry=r)
         self.shed = Counter(
-            "reward_shed_total", "Requests refused with 429: queue full or expected wait too long.", registry=r
+            "reward_shed_total", "Requests refused with 429 (queue full or wait too long).", registry=r
         )
 
     def _define_batching(self) -> None:
