@@ -202,7 +202,7 @@ class MicroBatcher:
             else:
                 timeout = None
             self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):  # not the builtin one before Python 3.11
                 await asyncio.wait_for(self._arrived.wait(), timeout)
 
     def _take_round(self) -> list[WorkItem]:
@@ -210,10 +210,12 @@ class MicroBatcher:
         return [self._pending.popleft() for _ in range(count)]
 
     async def _run(self, batch: list[WorkItem]) -> None:
-        started = time.monotonic()
+        started = time.monotonic()  # replaced by when the compute thread took the batch, if it did
         payloads = [item.payload for item in batch]
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._call, payloads)
+            results, started = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._call, payloads
+            )
             failed = False
         except asyncio.CancelledError:
             self._resolve(batch, [NotReady("the service is shutting down")] * len(batch), failed=True)
@@ -231,14 +233,17 @@ class MicroBatcher:
         rate = items / max(seconds, 1e-6)
         self.items_per_s = rate if self.items_per_s is None else 0.8 * self.items_per_s + 0.2 * rate
 
-    def _call(self, payloads: list[Any]) -> list[Any]:
+    def _call(self, payloads: list[Any]) -> tuple[list[Any], float]:
+        """run_batch on the compute thread; -> (results, when it started there): time spent waiting
+        for the thread (a model load shares it) is queueing, not compute."""
+        started = time.monotonic()
         results = self.run_batch(payloads)
         if len(results) != len(payloads):
             raise RuntimeError(
                 f"run_batch returned {len(results)} results for {len(payloads)} payloads; "
                 "it must return exactly one result per payload, in order"
             )
-        return results
+        return results, started
 
     @staticmethod
     def _resolve(batch: list[WorkItem], results: list[Any], failed: bool) -> None:

@@ -4,7 +4,6 @@ app.state, loads the model in the background (/readyz says when it is ready) and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -129,11 +128,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         for task in background:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a crashed background task must not skip the cleanup below
+                log.exception("background task %s failed", task.get_name())
         await watcher.stop()
         await batcher.stop()
-        registry.close()
+        await asyncio.to_thread(registry.close)  # waits for a load still running on the compute thread
         await save_snapshot(service.running_stats, settings)
 
 

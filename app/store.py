@@ -297,5 +297,6 @@ def remove_stale_temporaries(store: str | Path, older_than_s: float = 0.0) -> li
         except OSError:
             continue
         shutil.rmtree(path, ignore_errors=True)
-        removed.append(path.name)
+        if not path.exists():  # a read-only store keeps them: not reported as removed
+            removed.append(path.name)
     return removed

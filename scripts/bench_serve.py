@@ -111,6 +111,8 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, 
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         headers[name.strip().lower()] = value.strip()
+    if b"transfer-encoding" in headers:
+        raise ValueError("chunked responses are not supported by this client")
     length = int(headers.get(b"content-length", 0))
     if length:
         await reader.readexactly(length)
@@ -180,19 +182,15 @@ async def drive(
 
     async def client_loop(worker: int) -> None:
         nonlocal errors
-        i, reader, writer = worker, None, None
+        i, connections = worker, Connections(url)  # one keep-alive connection per client
         try:
             while time.perf_counter() < deadline:
-                if writer is None:
-                    reader, writer = await asyncio.open_connection(host, port)
                 started = time.perf_counter()
                 try:
-                    writer.write(requests[i % len(requests)])
-                    status, _ = await asyncio.wait_for(read_response(reader), timeout=120)
-                except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+                    status, _ = await connections.send(requests[i % len(requests)], timeout_s=120)
+                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
                     errors += 1
-                    writer.close()
-                    reader = writer = None
+                    await asyncio.sleep(0.05)  # a refused connection is not retried in a busy loop
                     continue
                 if status == 200:
                     latencies.append(time.perf_counter() - started)
@@ -200,8 +198,7 @@ async def drive(
                     errors += 1
                 i += concurrency
         finally:
-            if writer is not None:
-                writer.close()
+            connections.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(client_loop(w) for w in range(concurrency)))
@@ -394,7 +391,8 @@ def benchmark_started_servers(args: argparse.Namespace, pairs: list[dict]) -> li
             with serving(server_command(args.model_store), {**env, **extra}) as (url, pid):
                 results += run_matrix(name, url, pid, args, pairs)
     if "naive" in args.servers:
-        with serving(naive_command(args.model_store, args.threads, args.dtype), {}) as (url, pid):
+        naive_env = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}  # as the service sets it, for a fair RSS
+        with serving(naive_command(args.model_store, args.threads, args.dtype), naive_env) as (url, pid):
             results += run_matrix("naive", url, pid, args, pairs)
     return results
 

@@ -138,7 +138,7 @@ class Load:
         try:
             status, headers = await self.connections.send(self.connections.post("/score_batch", self.body()))
             retry_after = float(headers.get(b"retry-after", 0)) if status == 429 else 0.0
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
             status = 0
             self.failures[f"{type(exc).__name__}: {exc}"[:120]] += 1
         finally:
