@@ -82,13 +82,15 @@ class RewardHead(nn.Module):
         )
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.net(pooled).squeeze(-1)  # (B,)
+        # the head may run in a wider dtype than the encoder (fp32 head on a bf16 encoder: the reward
+        # is not rounded to bf16's 8-bit mantissa, which would make close rewards tie)
+        return self.net(pooled.to(self.net[0].weight.dtype)).squeeze(-1)  # (B,)
 
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of hidden states over real tokens only: (B, T, H), (B, T) -> (B, H)."""
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-    summed = (hidden * mask).sum(dim=1)
+    """Mean of hidden states over real tokens only, summed in float32: (B, T, H), (B, T) -> (B, H)."""
+    mask = attention_mask.unsqueeze(-1).float()  # (B, T, 1)
+    summed = (hidden.float() * mask).sum(dim=1)
     count = mask.sum(dim=1).clamp(min=1.0)
     return summed / count
 

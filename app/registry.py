@@ -59,6 +59,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def prepare_for_serving(version: LoadedVersion, dtype: torch.dtype) -> None:
+    """Eval mode (no dropout; the encoder's nested-tensor fast path) with the encoder in `dtype`; the
+    reward head, a tiny MLP, stays in float32 so rewards keep their precision (see RewardHead)."""
+    version.model.to(dtype=dtype).eval()
+    version.model.head.float()
+
+
 def configure_torch_threads(threads: int) -> None:
     """Intra-op threads for the forward pass; one inter-op thread since batches run one at a time."""
     torch.set_num_threads(threads)
@@ -149,7 +156,7 @@ class ModelRegistry:
         started = time.perf_counter()
         loaded = load_version(version_dir(self.store, name), device=self.device)
         check_compatible(loaded)
-        loaded.model.to(dtype=self.dtype).eval()  # eval: no dropout, and the nested-tensor fast path
+        prepare_for_serving(loaded, self.dtype)
         warm_up(loaded)
         self.last_load_seconds = time.perf_counter() - started
         return loaded

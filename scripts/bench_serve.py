@@ -41,7 +41,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.registry import configure_torch_threads, forward_raw, resolve_device, resolve_dtype  # noqa: E402
+from app.registry import (  # noqa: E402
+    configure_torch_threads,
+    forward_raw,
+    prepare_for_serving,
+    resolve_device,
+    resolve_dtype,
+)
 from app.store import LoadedVersion, load_version, read_current, version_dir  # noqa: E402
 
 DEFAULT_DATA = REPO / "data" / "hh_harmless_sample.jsonl"
@@ -296,7 +302,7 @@ def load_live(store: Path, dtype: str) -> LoadedVersion:
         raise SystemExit(f"{store}: no CURRENT version to benchmark")
     device = resolve_device("auto")
     loaded = load_version(version_dir(store, version), device=device)
-    loaded.model.to(dtype=resolve_dtype(dtype, device)).eval()
+    prepare_for_serving(loaded, resolve_dtype(dtype, device))
     return loaded
 
 

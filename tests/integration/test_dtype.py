@@ -16,7 +16,7 @@ from app.store import load_version, read_current
 from tests.conftest import REPO
 
 STORE = REPO / "model_store"
-BF16_TOLERANCE = 0.05  # |model_raw(bf16) - model_raw(fp32)|; measured p99 0.022, max 0.035 on 600 texts
+BF16_TOLERANCE = 0.05  # |model_raw(bf16) - model_raw(fp32)|; measured p99 0.022, max 0.037 on 600 texts
 
 
 def test_auto_is_bfloat16_exactly_when_the_cpu_has_native_bf16() -> None:
@@ -46,7 +46,9 @@ def test_the_default_model_served_in_bfloat16_keeps_fp32_rewards_and_orderings(s
         single = httpx.post(f"{server.url}/score", json=items[0], timeout=30).json()
     bf16 = [item["model_raw"] for item in batch["items"]]
     assert bf16 == pytest.approx(fp32, abs=BF16_TOLERANCE)
-    assert bf16 != fp32  # the server really computed in bfloat16
+    assert bf16 != fp32  # the server really computed in bfloat16 ...
+    # ... but the float32 head keeps rewards continuous: not rounded to bf16 values, which would tie
+    assert sum(torch.tensor(x).to(torch.bfloat16).item() != x for x in bf16) > len(bf16) // 2
     assert single["model_raw"] == pytest.approx(bf16[0], abs=BF16_TOLERANCE)  # alone vs in a batch
     n = len(rows)
     clear = [i for i in range(n) if abs(fp32[i] - fp32[i + n]) > 2 * BF16_TOLERANCE]
