@@ -30,7 +30,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -68,12 +68,15 @@ class Result:
     server_rss_mib: float | None = None  # after this measurement
 
 
+def opener_of(path: Path) -> Callable:
+    return gzip.open if path.suffix == ".gz" else open
+
+
 def load_pairs(path: Path | None, count: int, seed: int) -> list[dict]:
     """Real (prompt, response) pairs when the data file exists, else deterministic synthetic ones."""
     rng = random.Random(seed)
     if path is not None and path.is_file():
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt") as f:
+        with opener_of(path)(path, "rt") as f:
             records = [json.loads(line) for line in f if line.strip()]
         rng.shuffle(records)
         return [
@@ -360,6 +363,42 @@ def in_process_ceiling(version: LoadedVersion, pairs: list[dict], batch_sizes: l
     }
 
 
+def compare_with_float32(store: Path, data: Path, dtype: str, count: int, seed: int) -> dict:
+    """Rewards of chosen and rejected answers in `dtype` vs float32, as the server prepares the model:
+    absolute differences, preference orderings flipped, distinct values, batch vs alone."""
+    with opener_of(data)(data, "rt") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    random.Random(seed).shuffle(records)
+    records = records[:count]
+    prompts = [r["prompt"] for r in records] * 2
+    responses = [r["chosen"] for r in records] + [r["rejected"] for r in records]
+
+    def rewards(version: LoadedVersion, batch: int) -> list[float]:
+        spans = range(0, len(prompts), batch)
+        return [
+            x for s in spans for x in forward_raw(version, prompts[s : s + batch], responses[s : s + batch])
+        ]
+
+    reference = rewards(load_live(store, "float32"), 16)
+    candidate = load_live(store, dtype)
+    batched, alone = rewards(candidate, 16), rewards(candidate, 1)
+    diffs = sorted(abs(a - b) for a, b in zip(batched, reference, strict=True))
+    n = len(records)
+    return {
+        "dtype": str(resolve_dtype(dtype, resolve_device("auto"))),
+        "texts": len(diffs),
+        "abs_diff_p50": percentile(diffs, 0.5),
+        "abs_diff_p99": percentile(diffs, 0.99),
+        "abs_diff_max": diffs[-1],
+        "preferences_flipped": sum(
+            (reference[i] > reference[i + n]) != (batched[i] > batched[i + n]) for i in range(n)
+        ),
+        "pairs": n,
+        "distinct_rewards": len(set(batched)),
+        "batch_vs_alone_max": max(abs(a - b) for a, b in zip(batched, alone, strict=True)),
+    }
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -507,6 +546,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, help="write all figures here")
     parser.add_argument("--plot", type=Path, help="write throughput and latency plots here (PNG)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--compare-dtype",
+        metavar="N",
+        type=int,
+        help="only compare --dtype with float32 on N preference pairs of --data, print JSON and exit",
+    )
     parser.add_argument("--serve-naive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     return parser
@@ -516,6 +561,11 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.serve_naive:
         serve_naive(args.model_store, args.port, args.threads, args.dtype)
+        return
+    if args.compare_dtype:
+        configure_torch_threads(args.threads)
+        report = compare_with_float32(args.model_store, args.data, args.dtype, args.compare_dtype, args.seed)
+        print(json.dumps(report, indent=2))
         return
     if args.naive and "naive" not in args.servers:
         args.servers.append("naive")
