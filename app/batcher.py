@@ -210,10 +210,13 @@ class MicroBatcher:
         return [self._pending.popleft() for _ in range(count)]
 
     async def _run(self, batch: list[WorkItem]) -> None:
-        started = time.monotonic()  # replaced by when the compute thread took the batch, if it did
+        # started/finished: when the compute thread took and finished the batch, so that waiting for the
+        # thread (behind a model load) counts as queueing and the event loop's delay in picking up the
+        # result counts as neither
+        started = time.monotonic()
         payloads = [item.payload for item in batch]
         try:
-            results, started = await asyncio.get_running_loop().run_in_executor(
+            results, started, finished = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._call, payloads
             )
             failed = False
@@ -223,19 +226,19 @@ class MicroBatcher:
         except Exception as exc:  # any failure of run_batch stays inside this batch
             log.exception("batch of %d items failed", len(batch))
             results, failed = [InferenceError(f"inference failed for this batch: {exc}")] * len(batch), True
+            finished = time.monotonic()
         self._resolve(batch, results, failed)
         self._track_failures(batch, results)
         if not failed:
-            self._measure_throughput(len(batch), time.monotonic() - started)
-        self._report(batch, started, failed)
+            self._measure_throughput(len(batch), finished - started)
+        self._report(batch, started, finished, failed)
 
     def _measure_throughput(self, items: int, seconds: float) -> None:
         rate = items / max(seconds, 1e-6)
         self.items_per_s = rate if self.items_per_s is None else 0.8 * self.items_per_s + 0.2 * rate
 
-    def _call(self, payloads: list[Any]) -> tuple[list[Any], float]:
-        """run_batch on the compute thread; -> (results, when it started there): time spent waiting
-        for the thread (a model load shares it) is queueing, not compute."""
+    def _call(self, payloads: list[Any]) -> tuple[list[Any], float, float]:
+        """run_batch on the compute thread -> (results, when it started there, when it finished)."""
         started = time.monotonic()
         results = self.run_batch(payloads)
         if len(results) != len(payloads):
@@ -243,7 +246,7 @@ class MicroBatcher:
                 f"run_batch returned {len(results)} results for {len(payloads)} payloads; "
                 "it must return exactly one result per payload, in order"
             )
-        return results, started
+        return results, started, time.monotonic()
 
     @staticmethod
     def _resolve(batch: list[WorkItem], results: list[Any], failed: bool) -> None:
@@ -262,7 +265,7 @@ class MicroBatcher:
         else:
             self.consecutive_failures = 0
 
-    def _report(self, batch: list[WorkItem], started: float, failed: bool) -> None:
+    def _report(self, batch: list[WorkItem], started: float, finished: float, failed: bool) -> None:
         if self.on_batch is None:
             return
         longest = max(item.length for item in batch)
@@ -272,7 +275,7 @@ class MicroBatcher:
                 padded_tokens=len(batch) * longest,
                 real_tokens=sum(item.length for item in batch),
                 queue_waits=[started - item.enqueued for item in batch],
-                run_seconds=time.monotonic() - started,
+                run_seconds=finished - started,
                 failed=failed,
             )
         )

@@ -41,6 +41,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from app.batcher import BatchPolicy, WorkItem, cut_batches  # noqa: E402
+from app.main import AUTO_BATCH_TOKENS  # noqa: E402
 from app.registry import (  # noqa: E402
     configure_torch_threads,
     forward_raw,
@@ -48,6 +50,8 @@ from app.registry import (  # noqa: E402
     resolve_device,
     resolve_dtype,
 )
+from app.schemas import Pair  # noqa: E402
+from app.service import estimate_tokens  # noqa: E402
 from app.store import LoadedVersion, load_version, read_current, version_dir  # noqa: E402
 
 DEFAULT_DATA = REPO / "data" / "hh_harmless_sample.jsonl"
@@ -66,6 +70,8 @@ class Result:
     p90_ms: float
     p99_ms: float
     server_rss_mib: float | None = None  # after this measurement
+    compute_busy: float | None = None  # share of the run the compute thread spent on batches (/metrics)
+    mean_batch: float | None = None  # items per micro-batch during the run (/metrics)
 
 
 def opener_of(path: Path) -> Callable:
@@ -337,8 +343,37 @@ def serve_naive(store: Path, port: int, threads: int, dtype: str) -> None:
 # ---------------------------------------------------------------- ceiling
 
 
-def in_process_ceiling(version: LoadedVersion, pairs: list[dict], batch_sizes: list[int]) -> dict:
-    """Best items/s of forward_raw (tokenize, pad, forward) over length-sorted `pairs`, per batch size."""
+def server_like_batches(pairs: list[dict], pool: int, max_len: int, seed: int) -> list[list[dict]]:
+    """`pairs` in random order, taken `pool` at a time (the items pending together in a server) and cut
+    by the server's own code and default CPU limits: what its batches look like at that load."""
+    policy = BatchPolicy(max_batch_size=64, max_batch_tokens=AUTO_BATCH_TOKENS["cpu"])
+    shuffled = random.Random(seed).sample(pairs, len(pairs))
+    batches = []
+    for start in range(0, len(shuffled), pool):
+        items = [
+            WorkItem(p, estimate_tokens(Pair(prompt=p["prompt"], response=p["response"]), max_len), 0, None)
+            for p in shuffled[start : start + pool]
+        ]
+        batches += [[item.payload for item in batch] for batch in cut_batches(items, policy)]
+    return batches
+
+
+def best_rate(version: LoadedVersion, batches: list[list[dict]], passes: int = 2) -> float:
+    """Best items/s of forward_raw over `batches` in `passes` passes."""
+    items, best = sum(map(len, batches)), 0.0
+    for _ in range(passes):
+        started = time.perf_counter()
+        for batch in batches:
+            forward_raw(version, [p["prompt"] for p in batch], [p["response"] for p in batch])
+        best = max(best, items / (time.perf_counter() - started))
+    return best
+
+
+def in_process_ceiling(
+    version: LoadedVersion, pairs: list[dict], batch_sizes: list[int], pools: list[int], seed: int
+) -> dict:
+    """Best items/s of forward_raw (tokenize, pad, forward) over length-sorted `pairs`, per batch size;
+    and over batches cut as the server cuts them from `pools` pending items (CPU limits)."""
     encoded = version.tokenizer.encode_pairs([p["prompt"] for p in pairs], [p["response"] for p in pairs])
     lengths = [len(ids) for ids in encoded]
     by_length = [pairs[i] for i in sorted(range(len(pairs)), key=lengths.__getitem__)]  # as the server sorts
@@ -346,18 +381,15 @@ def in_process_ceiling(version: LoadedVersion, pairs: list[dict], batch_sizes: l
     forward_raw(version, prompts[:8], responses[:8])  # warm-up
     per_size = {}
     for size in batch_sizes:
-        best = 0.0
-        for _ in range(2):  # best of two passes
-            started = time.perf_counter()
-            for start in range(0, len(pairs), size):
-                forward_raw(version, prompts[start : start + size], responses[start : start + size])
-            best = max(best, len(pairs) / (time.perf_counter() - started))
-        per_size[size] = best
+        per_size[size] = best_rate(version, [by_length[s : s + size] for s in range(0, len(pairs), size)])
+    max_len = version.tokenizer.spec.max_len
+    per_pool = {n: best_rate(version, server_like_batches(pairs, n, max_len, seed)) for n in pools}
     top = max(per_size, key=per_size.get)
     return {
         "best_items_per_s": per_size[top],
         "best_batch_size": top,
         "items_per_s_by_batch_size": per_size,
+        "items_per_s_by_pool": per_pool,
         "mean_tokens": sum(lengths) / len(lengths),
         "max_len": version.tokenizer.spec.max_len,
     }
@@ -402,15 +434,48 @@ def compare_with_float32(store: Path, data: Path, dtype: str, count: int, seed: 
 # ---------------------------------------------------------------- the run
 
 
+SCRAPED = ("reward_forward_duration_seconds_sum", "reward_batch_size_sum", "reward_batch_size_count")
+
+
+def scrape(url: str) -> dict[str, float] | None:
+    """The batching counters of the service's /metrics; None for a server without them (naive)."""
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in SCRAPED:
+            values[name] = float(value)
+    return values if len(values) == len(SCRAPED) else None
+
+
+def batching_figures(before: dict | None, after: dict | None, seconds: float) -> dict:
+    """Compute-thread busy share and mean batch size between two scrapes."""
+    if before is None or after is None:
+        return {}
+    delta = {name: after[name] - before[name] for name in SCRAPED}
+    batches = delta["reward_batch_size_count"]
+    return {
+        "compute_busy": delta["reward_forward_duration_seconds_sum"] / seconds,
+        "mean_batch": delta["reward_batch_size_sum"] / batches if batches else None,
+    }
+
+
 def run_matrix(
     name: str, url: str, pid: int | None, args: argparse.Namespace, pairs: list[dict]
 ) -> list[Result]:
     results = []
     for endpoint in args.endpoints:
         for concurrency in args.concurrency:
+            before, started = scrape(url), time.perf_counter()
             figures = asyncio.run(drive(url, endpoint, concurrency, args.duration, pairs, args.batch_items))
+            elapsed = time.perf_counter() - started
             result = Result(name, endpoint, concurrency, **figures)
             result.server_rss_mib = rss_mib(pid) if pid else None
+            for key, value in batching_figures(before, scrape(url), elapsed).items():
+                setattr(result, key, value)
             results.append(result)
             print(
                 f"  {name:10s} {endpoint:11s} c={concurrency:<4d} {result.items_per_s:9.1f} items/s  "
@@ -445,15 +510,18 @@ def benchmark_started_servers(args: argparse.Namespace, pairs: list[dict]) -> li
 def markdown(results: list[Result], ceiling: dict | None) -> str:
     lines = [
         "| server | endpoint | clients | req/s | items/s | p50 ms | p90 ms | p99 ms | errors | RSS MiB "
-        "| of ceiling |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| busy | batch | of ceiling |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         share = f"{r.items_per_s / ceiling['best_items_per_s']:.2f}" if ceiling else "-"
         rss = f"{r.server_rss_mib:.0f}" if r.server_rss_mib else "-"
+        busy = f"{r.compute_busy:.2f}" if r.compute_busy is not None else "-"
+        batch = f"{r.mean_batch:.1f}" if r.mean_batch is not None else "-"
         lines.append(
             f"| {r.server} | /{r.endpoint} | {r.concurrency} | {r.req_per_s:.1f} | {r.items_per_s:.1f} | "
-            f"{r.p50_ms:.0f} | {r.p90_ms:.0f} | {r.p99_ms:.0f} | {r.errors} | {rss} | {share} |"
+            f"{r.p50_ms:.0f} | {r.p90_ms:.0f} | {r.p99_ms:.0f} | {r.errors} | {rss} | {busy} | {batch} "
+            f"| {share} |"
         )
     if ceiling:
         by_size = ", ".join(f"{k}: {v:.1f}" for k, v in ceiling["items_per_s_by_batch_size"].items())
@@ -461,6 +529,11 @@ def markdown(results: list[Result], ceiling: dict | None) -> str:
             f"\nIn-process ceiling: {ceiling['best_items_per_s']:.1f} items/s at batch size "
             f"{ceiling['best_batch_size']} (items/s by batch size: {by_size}; tokenization included; "
             f"mean {ceiling['mean_tokens']:.0f} tokens per pair)."
+        )
+    if ceiling and ceiling.get("items_per_s_by_pool"):
+        by_pool = ", ".join(f"{k}: {v:.1f}" for k, v in ceiling["items_per_s_by_pool"].items())
+        lines.append(
+            f"In-process, batches cut as the server cuts them from N pending items (items/s by N): {by_pool}."
         )
     return "\n".join(lines)
 
@@ -532,6 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pairs", type=int, default=256, help="distinct input pairs")
     parser.add_argument("--ceiling-batch-sizes", nargs="+", type=int, default=[1, 4, 8, 16, 32, 64])
     parser.add_argument(
+        "--ceiling-pools", nargs="*", type=int, default=[16, 64],
+        help="also time batches cut as the server cuts them from this many pending items",
+    )  # fmt: skip
+    parser.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help="JSONL(.gz) with prompt/chosen/rejected"
     )
     parser.add_argument(
@@ -575,7 +652,9 @@ def main(argv: list[str] | None = None) -> None:
         configure_torch_threads(args.threads)
         version = load_live(args.model_store, args.dtype)
         if args.ceiling:
-            ceiling = in_process_ceiling(version, pairs, args.ceiling_batch_sizes)
+            ceiling = in_process_ceiling(
+                version, pairs, args.ceiling_batch_sizes, args.ceiling_pools, args.seed
+            )
             print(f"  ceiling {ceiling['best_items_per_s']:.1f} items/s", file=sys.stderr, flush=True)
     facts = machine_facts(args, version, len(pairs))
     version = None  # free the ceiling's model while the servers run

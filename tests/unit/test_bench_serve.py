@@ -1,0 +1,54 @@
+"""The benchmark's own arithmetic: server-like batches and the figures it reads from /metrics."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.main import AUTO_BATCH_TOKENS
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_serve.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_serve", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_serve"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["bench_serve"]
+
+
+def test_server_like_batches_cut_each_pool_within_the_cpu_token_budget(bench) -> None:
+    pairs = [{"prompt": "p" * (37 * i % 500 + 1), "response": "r" * (53 * i % 300 + 1)} for i in range(100)]
+    pool = 16
+    batches = bench.server_like_batches(pairs, pool, max_len=128, seed=3)
+    flat = [id(p) for batch in batches for p in batch]
+    assert sorted(flat) == sorted(map(id, pairs))  # every pair exactly once
+    shuffled = bench.random.Random(3).sample(pairs, len(pairs))
+    pool_of = {id(p): index // pool for index, p in enumerate(shuffled)}
+    for batch in batches:
+        assert len({pool_of[id(p)] for p in batch}) == 1  # a batch never reaches beyond its pool
+        lengths = [min(128, (len(p["prompt"]) + len(p["response"])) // 4 + 3) for p in batch]
+        assert len(batch) == 1 or len(batch) * max(lengths) <= AUTO_BATCH_TOKENS["cpu"]
+        assert lengths == sorted(lengths)  # length-sorted, as the server sorts
+    assert len(batches) > len(pairs) // pool  # the token budget cut some pools more than once
+
+
+def test_batching_figures_come_from_the_counters_deltas(bench) -> None:
+    before = {
+        "reward_forward_duration_seconds_sum": 2.0,
+        "reward_batch_size_sum": 100.0,
+        "reward_batch_size_count": 10.0,
+    }
+    after = {
+        "reward_forward_duration_seconds_sum": 11.0,
+        "reward_batch_size_sum": 400.0,
+        "reward_batch_size_count": 30.0,
+    }
+    assert bench.batching_figures(before, after, 10.0) == {"compute_busy": 0.9, "mean_batch": 15.0}
+    assert bench.batching_figures(None, after, 10.0) == {}  # a server without /metrics (naive)
