@@ -29,6 +29,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -50,7 +51,7 @@ from app.registry import (  # noqa: E402
     resolve_device,
     resolve_dtype,
 )
-from app.schemas import Pair  # noqa: E402
+from app.schemas import Pair, ScoreRequest  # noqa: E402
 from app.service import estimate_tokens  # noqa: E402
 from app.store import LoadedVersion, load_version, read_current, version_dir  # noqa: E402
 
@@ -369,11 +370,40 @@ def best_rate(version: LoadedVersion, batches: list[list[dict]], passes: int = 2
     return best
 
 
+@contextlib.contextmanager
+def python_load(duty: float, period_s: float = 0.004) -> Iterator[None]:
+    """A thread that runs Python (JSON + request validation, the event loop's kind of work) for `duty`
+    of every `period_s` and sleeps the rest: what a server's HTTP side does to its forward passes."""
+    stop = threading.Event()
+    body = json.dumps({"prompt": "How do I bake bread?", "response": "Mix flour, water, salt and yeast."})
+
+    def work() -> None:
+        while not stop.is_set():
+            until = time.perf_counter() + duty * period_s
+            while time.perf_counter() < until:
+                ScoreRequest.model_validate_json(body)
+            time.sleep((1 - duty) * period_s)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def in_process_ceiling(
-    version: LoadedVersion, pairs: list[dict], batch_sizes: list[int], pools: list[int], seed: int
+    version: LoadedVersion,
+    pairs: list[dict],
+    batch_sizes: list[int],
+    pools: list[int],
+    seed: int,
+    python_duty: float = 0.0,
 ) -> dict:
     """Best items/s of forward_raw (tokenize, pad, forward) over length-sorted `pairs`, per batch size;
-    and over batches cut as the server cuts them from `pools` pending items (CPU limits)."""
+    over batches cut as the server cuts them from `pools` pending items (CPU limits); and over those of
+    the largest pool while another thread runs Python `python_duty` of the time."""
     encoded = version.tokenizer.encode_pairs([p["prompt"] for p in pairs], [p["response"] for p in pairs])
     lengths = [len(ids) for ids in encoded]
     by_length = [pairs[i] for i in sorted(range(len(pairs)), key=lengths.__getitem__)]  # as the server sorts
@@ -384,12 +414,18 @@ def in_process_ceiling(
         per_size[size] = best_rate(version, [by_length[s : s + size] for s in range(0, len(pairs), size)])
     max_len = version.tokenizer.spec.max_len
     per_pool = {n: best_rate(version, server_like_batches(pairs, n, max_len, seed)) for n in pools}
+    with_load = None
+    if python_duty and pools:
+        with python_load(python_duty):
+            with_load = best_rate(version, server_like_batches(pairs, max(pools), max_len, seed))
     top = max(per_size, key=per_size.get)
     return {
         "best_items_per_s": per_size[top],
         "best_batch_size": top,
         "items_per_s_by_batch_size": per_size,
         "items_per_s_by_pool": per_pool,
+        "python_duty": python_duty,
+        "items_per_s_largest_pool_with_python_load": with_load,
         "mean_tokens": sum(lengths) / len(lengths),
         "max_len": version.tokenizer.spec.max_len,
     }
@@ -535,6 +571,11 @@ def markdown(results: list[Result], ceiling: dict | None) -> str:
         lines.append(
             f"In-process, batches cut as the server cuts them from N pending items (items/s by N): {by_pool}."
         )
+    if ceiling and ceiling.get("items_per_s_largest_pool_with_python_load"):
+        lines.append(
+            f"The same, largest pool, with a thread running Python {ceiling['python_duty']:.0%} of the time: "
+            f"{ceiling['items_per_s_largest_pool_with_python_load']:.1f} items/s."
+        )
     return "\n".join(lines)
 
 
@@ -620,6 +661,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-ceiling", dest="ceiling", action="store_false", help="skip the in-process ceiling"
     )
+    parser.add_argument(
+        "--python-load", type=float, default=0.0, metavar="DUTY",
+        help="also time the largest pool while a thread runs Python DUTY (0-1) of the time",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write all figures here")
     parser.add_argument("--plot", type=Path, help="write throughput and latency plots here (PNG)")
     parser.add_argument("--seed", type=int, default=0)
@@ -653,7 +698,7 @@ def main(argv: list[str] | None = None) -> None:
         version = load_live(args.model_store, args.dtype)
         if args.ceiling:
             ceiling = in_process_ceiling(
-                version, pairs, args.ceiling_batch_sizes, args.ceiling_pools, args.seed
+                version, pairs, args.ceiling_batch_sizes, args.ceiling_pools, args.seed, args.python_load
             )
             print(f"  ceiling {ceiling['best_items_per_s']:.1f} items/s", file=sys.stderr, flush=True)
     facts = machine_facts(args, version, len(pairs))
