@@ -5,8 +5,11 @@ answered) run for `--duration` seconds against /score (1 item per request) and /
 (`--batch-items` items), with batching on (the server's settings) and off (REWARD_MAX_BATCH_SIZE=1),
 optionally against a naive one-request-one-forward FastAPI server of the same model in the same dtype.
 The ceiling is the best batched forward throughput of the same model on the same inputs, tokenization
-included, in this process with the servers' threads and dtype. Prints a markdown table; `--json` writes
-every figure (machine, model, server RSS), `--plot` draws throughput and latency against concurrency.
+included, in this process with the servers' threads and dtype; next to it, batches cut by the server's
+own code from N pending items (`--ceiling-pools`), optionally while a thread runs Python
+(`--python-load`). Each cell also reads the compute thread's busy share and the mean batch size from
+the service's /metrics. Prints a markdown table; `--json` writes every figure (machine, model, server
+RSS), `--plot` draws throughput and latency against concurrency.
 
     python scripts/bench_serve.py --concurrency 1 8 64 256 --naive --plot docs/bench_serve.png
     python scripts/bench_serve.py --url http://127.0.0.1:8000 --concurrency 64   # an already running server
