@@ -8,8 +8,9 @@ The ceiling is the best batched forward throughput of the same model on the same
 included, in this process with the servers' threads and dtype; next to it, batches cut by the server's
 own code from N pending items (`--ceiling-pools`), optionally while a thread runs Python
 (`--python-load`). Each cell also reads the compute thread's busy share and the mean batch size from
-the service's /metrics. Prints a markdown table; `--json` writes every figure (machine, model, server
-RSS), `--plot` draws throughput and latency against concurrency.
+the service's /metrics, and the event loop's (main thread's) CPU per request from /proc. Prints a
+markdown table; `--json` writes every figure (machine, model, server RSS), `--plot` draws throughput
+and latency against concurrency.
 
     python scripts/bench_serve.py --concurrency 1 8 64 256 --naive --plot docs/bench_serve.png
     python scripts/bench_serve.py --url http://127.0.0.1:8000 --concurrency 64   # an already running server
@@ -30,6 +31,7 @@ import os
 import platform
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -76,6 +78,7 @@ class Result:
     server_rss_mib: float | None = None  # after this measurement
     compute_busy: float | None = None  # share of the run the compute thread spent on batches (/metrics)
     mean_batch: float | None = None  # items per micro-batch during the run (/metrics)
+    loop_ms_per_request: float | None = None  # CPU of the server's main thread (event loop) per request
 
 
 def opener_of(path: Path) -> Callable:
@@ -264,6 +267,14 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
+def main_thread_cpu_s(pid: int) -> float | None:
+    """CPU seconds used so far by the process's main thread (the server's event loop), from /proc."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return None
+
+
 @contextlib.contextmanager
 def serving(command: list[str], env: dict[str, str]) -> Iterator[tuple[str, int]]:
     port = free_port()
@@ -403,34 +414,43 @@ def in_process_ceiling(
     pools: list[int],
     seed: int,
     python_duty: float = 0.0,
+    repeats: int = 1,
 ) -> dict:
-    """Best items/s of forward_raw (tokenize, pad, forward) over length-sorted `pairs`, per batch size;
-    over batches cut as the server cuts them from `pools` pending items (CPU limits); and over those of
-    the largest pool while another thread runs Python `python_duty` of the time."""
+    """Items/s of forward_raw (tokenize, pad, forward) over length-sorted `pairs`, per batch size; over
+    batches cut as the server cuts them from `pools` pending items (CPU limits); and over those of the
+    largest pool while another thread runs Python `python_duty` of the time. Each figure is the best of
+    two passes; with `repeats` > 1 all cases are measured in turn that often and the median is kept, so a
+    slow spell of a shared machine does not fall on one case only."""
     encoded = version.tokenizer.encode_pairs([p["prompt"] for p in pairs], [p["response"] for p in pairs])
     lengths = [len(ids) for ids in encoded]
     by_length = [pairs[i] for i in sorted(range(len(pairs)), key=lengths.__getitem__)]  # as the server sorts
-    prompts, responses = [p["prompt"] for p in by_length], [p["response"] for p in by_length]
-    forward_raw(version, prompts[:8], responses[:8])  # warm-up
-    per_size = {}
-    for size in batch_sizes:
-        per_size[size] = best_rate(version, [by_length[s : s + size] for s in range(0, len(pairs), size)])
     max_len = version.tokenizer.spec.max_len
-    per_pool = {n: best_rate(version, server_like_batches(pairs, n, max_len, seed)) for n in pools}
-    with_load = None
+    cases: dict[tuple[str, int], tuple[list[list[dict]], float]] = {}
+    for size in batch_sizes:
+        cases["size", size] = ([by_length[s : s + size] for s in range(0, len(pairs), size)], 0.0)
+    for n in pools:
+        cases["pool", n] = (server_like_batches(pairs, n, max_len, seed), 0.0)
     if python_duty and pools:
-        with python_load(python_duty):
-            with_load = best_rate(version, server_like_batches(pairs, max(pools), max_len, seed))
+        cases["loaded", max(pools)] = (server_like_batches(pairs, max(pools), max_len, seed), python_duty)
+    forward_raw(version, [p["prompt"] for p in by_length[:8]], [p["response"] for p in by_length[:8]])
+    rates: dict[tuple[str, int], list[float]] = {key: [] for key in cases}
+    for _ in range(repeats):
+        for key, (batches, duty) in cases.items():
+            with python_load(duty) if duty else contextlib.nullcontext():
+                rates[key].append(best_rate(version, batches))
+    rate = {key: statistics.median(values) for key, values in rates.items()}
+    per_size = {n: rate["size", n] for n in batch_sizes}
     top = max(per_size, key=per_size.get)
     return {
         "best_items_per_s": per_size[top],
         "best_batch_size": top,
         "items_per_s_by_batch_size": per_size,
-        "items_per_s_by_pool": per_pool,
+        "items_per_s_by_pool": {n: rate["pool", n] for n in pools},
         "python_duty": python_duty,
-        "items_per_s_largest_pool_with_python_load": with_load,
+        "items_per_s_largest_pool_with_python_load": rate.get(("loaded", max(pools, default=0))),
+        "repeats": repeats,
         "mean_tokens": sum(lengths) / len(lengths),
-        "max_len": version.tokenizer.spec.max_len,
+        "max_len": max_len,
     }
 
 
@@ -509,10 +529,14 @@ def run_matrix(
     for endpoint in args.endpoints:
         for concurrency in args.concurrency:
             before, started = scrape(url), time.perf_counter()
+            loop_before = main_thread_cpu_s(pid) if pid else None
             figures = asyncio.run(drive(url, endpoint, concurrency, args.duration, pairs, args.batch_items))
             elapsed = time.perf_counter() - started
             result = Result(name, endpoint, concurrency, **figures)
             result.server_rss_mib = rss_mib(pid) if pid else None
+            loop_after = main_thread_cpu_s(pid) if pid else None
+            if loop_before is not None and loop_after is not None and result.requests:
+                result.loop_ms_per_request = 1000 * (loop_after - loop_before) / result.requests
             for key, value in batching_figures(before, scrape(url), elapsed).items():
                 setattr(result, key, value)
             results.append(result)
@@ -549,18 +573,19 @@ def benchmark_started_servers(args: argparse.Namespace, pairs: list[dict]) -> li
 def markdown(results: list[Result], ceiling: dict | None) -> str:
     lines = [
         "| server | endpoint | clients | req/s | items/s | p50 ms | p90 ms | p99 ms | errors | RSS MiB "
-        "| busy | batch | of ceiling |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| loop ms/req | busy | batch | of ceiling |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         share = f"{r.items_per_s / ceiling['best_items_per_s']:.2f}" if ceiling else "-"
         rss = f"{r.server_rss_mib:.0f}" if r.server_rss_mib else "-"
         busy = f"{r.compute_busy:.2f}" if r.compute_busy is not None else "-"
         batch = f"{r.mean_batch:.1f}" if r.mean_batch is not None else "-"
+        loop = f"{r.loop_ms_per_request:.2f}" if r.loop_ms_per_request is not None else "-"
         lines.append(
             f"| {r.server} | /{r.endpoint} | {r.concurrency} | {r.req_per_s:.1f} | {r.items_per_s:.1f} | "
-            f"{r.p50_ms:.0f} | {r.p90_ms:.0f} | {r.p99_ms:.0f} | {r.errors} | {rss} | {busy} | {batch} "
-            f"| {share} |"
+            f"{r.p50_ms:.0f} | {r.p90_ms:.0f} | {r.p99_ms:.0f} | {r.errors} | {rss} | {loop} | {busy} "
+            f"| {batch} | {share} |"
         )
     if ceiling:
         by_size = ", ".join(f"{k}: {v:.1f}" for k, v in ceiling["items_per_s_by_batch_size"].items())
@@ -579,6 +604,8 @@ def markdown(results: list[Result], ceiling: dict | None) -> str:
             f"The same, largest pool, with a thread running Python {ceiling['python_duty']:.0%} of the time: "
             f"{ceiling['items_per_s_largest_pool_with_python_load']:.1f} items/s."
         )
+    if ceiling and ceiling.get("repeats", 1) > 1:
+        lines.append(f"Each in-process figure is the median of {ceiling['repeats']} runs taken in turn.")
     return "\n".join(lines)
 
 
@@ -665,6 +692,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-ceiling", dest="ceiling", action="store_false", help="skip the in-process ceiling"
     )
     parser.add_argument(
+        "--ceiling-repeats", type=int, default=1, metavar="N",
+        help="measure the in-process cases N times in turn and keep each one's median",
+    )  # fmt: skip
+    parser.add_argument(
         "--python-load", type=float, default=0.0, metavar="DUTY",
         help="also time the largest pool while a thread runs Python DUTY (0-1) of the time",
     )  # fmt: skip
@@ -701,8 +732,9 @@ def main(argv: list[str] | None = None) -> None:
         version = load_live(args.model_store, args.dtype)
         if args.ceiling:
             ceiling = in_process_ceiling(
-                version, pairs, args.ceiling_batch_sizes, args.ceiling_pools, args.seed, args.python_load
-            )
+                version, pairs, args.ceiling_batch_sizes, args.ceiling_pools, args.seed, args.python_load,
+                args.ceiling_repeats,
+            )  # fmt: skip
             print(f"  ceiling {ceiling['best_items_per_s']:.1f} items/s", file=sys.stderr, flush=True)
     facts = machine_facts(args, version, len(pairs))
     version = None  # free the ceiling's model while the servers run

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,13 @@ def test_batching_figures_come_from_the_counters_deltas(bench) -> None:
     }
     assert bench.batching_figures(before, after, 10.0) == {"compute_busy": 0.9, "mean_batch": 15.0}
     assert bench.batching_figures(None, after, 10.0) == {}  # a server without /metrics (naive)
+
+
+def test_main_thread_cpu_grows_with_work_and_is_none_for_a_missing_process(bench) -> None:
+    before = bench.main_thread_cpu_s(os.getpid())
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:  # burn CPU on this (the main) thread
+        pass
+    after = bench.main_thread_cpu_s(os.getpid())
+    assert before is not None and after is not None and after - before >= 0.1
+    assert bench.main_thread_cpu_s(2**22 + 1) is None  # above Linux's pid_max
