@@ -9,8 +9,10 @@ When the worker is free it waits at most `max_wait_s` after the oldest pending i
 is already there), takes what is pending (oldest first, a few batches' worth), sorts each group by
 length and cuts contiguous runs by item count and padded-token budget, so a batch holds items of similar
 length and padding stays small. A large request is split across batches and shares them with others.
+While one batch of a round computes, the next is already queued on the worker thread, which so goes
+straight from one batch to the next; the next round is formed when the last batch of this one ends.
 Items whose caller has gone (cancelled future) are dropped before compute; a failing batch fails only its
-own items and the worker keeps running.
+own items and the worker keeps running; on stop, every item not computed fails with NotReady.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from app.errors import InferenceError, NotReady, Overloaded
 log = logging.getLogger(__name__)
 
 ROUND_BATCHES = 4  # batches' worth of pending items sorted together: enough to group lengths, still fair
+# Batches of a round handed to the compute thread at once: the next waits in the thread's queue behind
+# the running one, so the thread goes straight from one forward pass to the next instead of idling until
+# the event loop (busy with HTTP) picks up the result and hands it more work.
+PIPELINE_DEPTH = 2
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ class MicroBatcher:
         self.consecutive_failures = 0  # batches in a row in which every item failed (readiness)
         self.failing_group: Hashable | None = None  # the group of the latest such batch
         self.items_per_s: float | None = None  # measured forward throughput (moving average), for admission
-        self._in_round = 0  # items taken off the queue for the current round, not computed yet
+        self._in_round = 0  # items of the current round not computed (or dropped) yet
         self._pending: deque[WorkItem] = deque()
         self._arrived = asyncio.Event()
         # batches run one at a time on a single thread: given (shared with model loading) or our own
@@ -183,11 +189,44 @@ class MicroBatcher:
             await self._wait_for_batch()
             round_items = self._take_round()
             self._in_round = len(round_items)
-            for batch in cut_batches(round_items, self.policy):
-                live = [item for item in batch if not item.future.done()]
+            await self._run_round(cut_batches(round_items, self.policy))
+
+    async def _run_round(self, batches: list[list[WorkItem]]) -> None:
+        """Run a round's batches in order, up to PIPELINE_DEPTH of them with the compute thread at once.
+        The round ends when its last batch does: the next round is formed from what is pending then."""
+        running: set[asyncio.Task] = set()
+        handed_over: dict[asyncio.Task, list[WorkItem]] = {}
+        not_yet = list(batches)
+        try:
+            while not_yet:
+                while len(running) >= PIPELINE_DEPTH:
+                    running = await self._first_done(running)
+                batch = not_yet.pop(0)
+                live = [item for item in batch if not item.future.done()]  # callers gone: dropped
+                self._in_round -= len(batch) - len(live)
                 if live:
-                    await self._run(live)
-                self._in_round -= len(batch)
+                    task = asyncio.create_task(self._run(live))
+                    handed_over[task] = live
+                    running.add(task)
+            while running:
+                running = await self._first_done(running)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            # batches cancelled (maybe before they ever ran) or never handed over: nobody waits forever
+            stranded = [b for task, b in handed_over.items() if task.cancelled()] + not_yet
+            for batch in stranded:
+                self._resolve(batch, [NotReady("the service is shutting down")] * len(batch), failed=True)
+
+    @staticmethod
+    async def _first_done(running: set[asyncio.Task]) -> set[asyncio.Task]:
+        """Wait for one of `running` to finish -> those still running. Bookkeeping errors are logged."""
+        done, pending = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("batch bookkeeping failed", exc_info=task.exception())
+        return pending
 
     async def _wait_for_batch(self) -> None:
         """Return once items are pending and a full batch is there or the oldest waited `max_wait_s`."""
@@ -221,12 +260,14 @@ class MicroBatcher:
             )
             failed = False
         except asyncio.CancelledError:
+            self._in_round -= len(batch)
             self._resolve(batch, [NotReady("the service is shutting down")] * len(batch), failed=True)
             raise
         except Exception as exc:  # any failure of run_batch stays inside this batch
             log.exception("batch of %d items failed", len(batch))
             results, failed = [InferenceError(f"inference failed for this batch: {exc}")] * len(batch), True
             finished = time.monotonic()
+        self._in_round -= len(batch)
         self._resolve(batch, results, failed)
         self._track_failures(batch, results)
         if not failed:

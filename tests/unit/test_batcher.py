@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from app.batcher import BatchPolicy, MicroBatcher
-from app.errors import InferenceError, Overloaded
+from app.errors import InferenceError, NotReady, Overloaded
 
 
 class RecordingRunner:
@@ -182,6 +183,60 @@ def test_the_event_loop_keeps_accepting_while_a_batch_computes() -> None:
         return depth_while_busy
 
     assert asyncio.run(with_batcher(runner, scenario)) == 3
+
+
+def test_the_next_batch_of_a_round_is_handed_over_before_the_running_one_ends() -> None:
+    """The compute thread starts batch 2 straight after batch 1 even while the event loop is blocked,
+    so it never idles waiting for a busy event loop; batch 3 is not handed over yet (at most two are),
+    so a caller who leaves meanwhile still has its items dropped before compute."""
+    release_first = threading.Event()
+    second_started = threading.Event()
+    calls: list[list] = []
+
+    def run_batch(payloads: list) -> list:
+        calls.append(list(payloads))
+        if len(calls) == 1:
+            release_first.wait(timeout=10)
+        elif len(calls) == 2:
+            second_started.set()
+        return payloads
+
+    async def scenario(batcher: MicroBatcher) -> bool:
+        tasks = [asyncio.create_task(batcher.run([i] * 4, [1] * 4, group="v1")) for i in range(3)]
+        while not calls:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)  # the worker hands over what it can while batch 1 runs
+        tasks[2].cancel()  # batch 3's caller leaves
+        await asyncio.sleep(0.01)  # the cancellation reaches its items
+        release_first.set()
+        started_while_loop_blocked = second_started.wait(timeout=10)  # blocks the event loop
+        await asyncio.gather(*tasks[:2])
+        return started_while_loop_blocked
+
+    assert asyncio.run(with_batcher(run_batch, scenario, max_batch_size=4))
+    assert calls == [[0] * 4, [1] * 4]
+
+
+def test_stopping_fails_the_items_of_every_batch_of_the_round_not_finished() -> None:
+    release_first = threading.Event()
+    runner = RecordingRunner(release_first)
+    compute = ThreadPoolExecutor(max_workers=1)  # shared, as the service's: stop() does not wait for it
+
+    async def scenario() -> list:
+        batcher = MicroBatcher(runner, policy(max_batch_size=2), executor=compute)
+        batcher.start()
+        tasks = [asyncio.create_task(batcher.run([i, i], [1, 1], group="v1")) for i in range(3)]
+        await wait_entered(runner)
+        await asyncio.sleep(0.05)  # batch 2 is with the compute thread behind batch 1; batch 3 is not
+        await batcher.stop()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        results = asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+    finally:
+        release_first.set()
+        compute.shutdown(wait=True)
+    assert len(results) == 3 and all(isinstance(r, NotReady) for r in results)  # nobody waits forever
 
 
 def test_batch_policy_refuses_useless_values() -> None:
