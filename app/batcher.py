@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,11 +165,16 @@ class MicroBatcher:
                 future.cancel()
             raise
 
+    @property
+    def backlog(self) -> int:
+        """Items accepted and not computed yet: queued, or in the round being computed."""
+        return len(self._pending) + self._in_round
+
     def expected_wait_s(self) -> float:
         """Seconds until the items queued now are computed (a new item's wait); 0 before any measurement."""
         if not self.items_per_s:
             return 0.0
-        return (len(self._pending) + self._in_round) / self.items_per_s
+        return self.backlog / self.items_per_s
 
     def _refuse_long_waits(self) -> None:
         # a count bound alone lets a slow model queue minutes of work: bound the wait itself. A request's
@@ -211,13 +216,21 @@ class MicroBatcher:
             while running:
                 running = await self._first_done(running)
         finally:
+            # Stopping (or a bug): nobody may wait forever. Items of batches never handed over fail now,
+            # before any await, so that a second cancellation cannot skip it; so do those of batches
+            # cancelled, possibly before they ever ran (_resolve skips futures already resolved).
+            self._fail_stranded(not_yet)
             for task in running:
                 task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
-            # batches cancelled (maybe before they ever ran) or never handed over: nobody waits forever
-            stranded = [b for task, b in handed_over.items() if task.cancelled()] + not_yet
-            for batch in stranded:
-                self._resolve(batch, [NotReady("the service is shutting down")] * len(batch), failed=True)
+            try:
+                await asyncio.gather(*running, return_exceptions=True)
+            finally:
+                self._fail_stranded(handed_over.values())
+                self._in_round = 0
+
+    def _fail_stranded(self, batches: Iterable[list[WorkItem]]) -> None:
+        for batch in batches:
+            self._resolve(batch, [NotReady("the service is shutting down")] * len(batch), failed=True)
 
     @staticmethod
     async def _first_done(running: set[asyncio.Task]) -> set[asyncio.Task]:

@@ -239,6 +239,33 @@ def test_stopping_fails_the_items_of_every_batch_of_the_round_not_finished() -> 
     assert len(results) == 3 and all(isinstance(r, NotReady) for r in results)  # nobody waits forever
 
 
+def test_a_second_cancellation_of_the_worker_strands_nobody() -> None:
+    """A shutdown that is itself interrupted (cancelled again mid-cleanup) still fails every item."""
+    release_first = threading.Event()
+    runner = RecordingRunner(release_first)
+    compute = ThreadPoolExecutor(max_workers=1)
+
+    async def scenario() -> tuple[list, int]:
+        batcher = MicroBatcher(runner, policy(max_batch_size=2), executor=compute)
+        batcher.start()
+        tasks = [asyncio.create_task(batcher.run([i, i], [1, 1], group="v1")) for i in range(4)]
+        await wait_entered(runner)
+        worker = batcher._worker
+        worker.cancel()
+        await asyncio.sleep(0)  # the worker starts its cleanup...
+        worker.cancel()  # ...and is cancelled again
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
+        return results, batcher.backlog
+
+    try:
+        results, backlog = asyncio.run(scenario())
+    finally:
+        release_first.set()
+        compute.shutdown(wait=True)
+    assert len(results) == 4 and all(isinstance(r, NotReady) for r in results)
+    assert backlog == 0  # admission control does not count work that will never run
+
+
 def test_batch_policy_refuses_useless_values() -> None:
     with pytest.raises(ValueError):
         BatchPolicy(max_batch_size=0)
