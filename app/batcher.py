@@ -200,7 +200,7 @@ class MicroBatcher:
         """Run a round's batches in order, up to PIPELINE_DEPTH of them with the compute thread at once.
         The round ends when its last batch does: the next round is formed from what is pending then."""
         running: set[asyncio.Task] = set()
-        handed_over: dict[asyncio.Task, list[WorkItem]] = {}
+        handed_over: list[list[WorkItem]] = []
         not_yet = list(batches)
         try:
             while not_yet:
@@ -210,9 +210,8 @@ class MicroBatcher:
                 live = [item for item in batch if not item.future.done()]  # callers gone: dropped
                 self._in_round -= len(batch) - len(live)
                 if live:
-                    task = asyncio.create_task(self._run(live))
-                    handed_over[task] = live
-                    running.add(task)
+                    handed_over.append(live)
+                    running.add(asyncio.create_task(self._run(live)))
             while running:
                 running = await self._first_done(running)
         finally:
@@ -225,7 +224,7 @@ class MicroBatcher:
             try:
                 await asyncio.gather(*running, return_exceptions=True)
             finally:
-                self._fail_stranded(handed_over.values())
+                self._fail_stranded(handed_over)
                 self._in_round = 0
 
     def _fail_stranded(self, batches: Iterable[list[WorkItem]]) -> None:
@@ -264,7 +263,7 @@ class MicroBatcher:
     async def _run(self, batch: list[WorkItem]) -> None:
         # started/finished: when the compute thread took and finished the batch, so that waiting for the
         # thread (behind a model load) counts as queueing and the event loop's delay in picking up the
-        # result counts as neither
+        # result counts as neither. Cancelled (on stop): _run_round fails the batch's items.
         started = time.monotonic()
         payloads = [item.payload for item in batch]
         try:
@@ -272,10 +271,6 @@ class MicroBatcher:
                 self._executor, self._call, payloads
             )
             failed = False
-        except asyncio.CancelledError:
-            self._in_round -= len(batch)
-            self._resolve(batch, [NotReady("the service is shutting down")] * len(batch), failed=True)
-            raise
         except Exception as exc:  # any failure of run_batch stays inside this batch
             log.exception("batch of %d items failed", len(batch))
             results, failed = [InferenceError(f"inference failed for this batch: {exc}")] * len(batch), True
