@@ -88,6 +88,27 @@ def cap_per_source(pairs: Sequence[PreferencePair], limit: int | None, seed: int
     return [pair for index, pair in enumerate(pairs) if index in keep]
 
 
+def balance_lengths(
+    pairs: Sequence[PreferencePair], sources: Sequence[str], seed: int
+) -> list[PreferencePair]:
+    """In the training split of each named source (every source when none is named), as many pairs won
+    by the longer answer as by the shorter: a seeded sample of the larger side is kept. Pairs of equal
+    length, validation pairs and other sources are untouched; input order is kept."""
+    rng = random.Random(seed)
+    sides: dict[tuple[str, bool], list[int]] = {}
+    for index, pair in enumerate(pairs):
+        if pair.split != TRAIN or (sources and pair.source not in sources):
+            continue
+        if len(pair.chosen) != len(pair.rejected):
+            sides.setdefault((pair.source, len(pair.chosen) > len(pair.rejected)), []).append(index)
+    drop = set()
+    for (source, longer_won), indices in sides.items():
+        other = len(sides.get((source, not longer_won), []))
+        if len(indices) > other:
+            drop.update(rng.sample(indices, len(indices) - other))
+    return [pair for index, pair in enumerate(pairs) if index not in drop]
+
+
 def prepare_pairs(
     inputs: Sequence[str | Path],
     num_synthetic: int = 0,
@@ -96,11 +117,17 @@ def prepare_pairs(
     max_per_source: int | None = None,
     strict: bool = False,
     report: ReadReport | None = None,
+    length_balance: Sequence[str] | None = None,
 ) -> list[PreferencePair]:
-    """The whole preparation; raises PreparationError when nothing usable is left."""
+    """The whole preparation; raises PreparationError when nothing usable is left.
+
+    `length_balance` (source names; empty for every source) balances the training split by length
+    after the cap (see balance_lengths); None leaves it as sampled."""
     report = report if report is not None else ReadReport()
     real = drop_unusable(read_inputs(inputs, strict, report))
     real = assign_splits(cap_per_source(real, max_per_source, seed), seed, valid_fraction)
+    if length_balance is not None:
+        real = balance_lengths(real, length_balance, seed)
     pairs = drop_unusable(real + synthesize(real, num_synthetic, seed))
     if not pairs:
         raise PreparationError(
@@ -143,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-per-source", type=int, default=None, help="cap on real pairs per source (sampled)"
     )
+    parser.add_argument(
+        "--length-balance",
+        nargs="*",
+        metavar="SOURCE",
+        default=None,
+        help="after the cap, keep as many training pairs won by the longer answer as by the shorter, "
+        "in the named sources (all sources when none is named); validation keeps its natural mix",
+    )
     parser.add_argument("--strict", action="store_true", help="stop at the first malformed line")
     return parser
 
@@ -161,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.max_per_source,
             args.strict,
             report,
+            args.length_balance,
         )
     except (PreparationError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

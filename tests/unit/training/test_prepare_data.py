@@ -86,3 +86,48 @@ def test_synthetic_negatives_are_tagged_by_kind_and_counted(tmp_path: Path, caps
 def test_max_per_source_caps_each_source() -> None:
     pairs = prepare_pairs(SAMPLES, max_per_source=30)
     assert Counter(p.source for p in pairs) == {"hh_harmless_base": 30, "alpaca_eval_gpt4": 30}
+
+
+def longer_won(pair) -> bool:
+    return len(pair.chosen) > len(pair.rejected)
+
+
+def test_length_balance_evens_the_training_split_of_the_named_source_only() -> None:
+    natural = prepare_pairs(SAMPLES, seed=1, valid_fraction=0.2)
+    balanced = prepare_pairs(SAMPLES, seed=1, valid_fraction=0.2, length_balance=["alpaca_eval_gpt4"])
+
+    def sides(pairs, source, split):
+        won = [longer_won(p) for p in pairs if p.source == source and p.split == split]
+        return won.count(True), won.count(False)
+
+    longer, shorter = sides(natural, "alpaca_eval_gpt4", TRAIN)
+    assert longer > 2 * shorter > 0  # the sample's own bias, which the option removes
+    assert sides(balanced, "alpaca_eval_gpt4", TRAIN) == (shorter, shorter)
+    # validation and the other source keep their natural mix, pair for pair
+    for source, split in [("alpaca_eval_gpt4", VALIDATION), ("hh_harmless_base", TRAIN)]:
+        assert [p for p in balanced if (p.source, p.split) == (source, split)] == [
+            p for p in natural if (p.source, p.split) == (source, split)
+        ]
+    assert set(balanced) <= set(natural)
+
+
+def test_length_balance_without_names_evens_every_source(tmp_path: Path) -> None:
+    out = tmp_path / "pairs.jsonl"
+    args = [
+        "--input",
+        *map(str, SAMPLES),
+        "--output",
+        str(out),
+        "--valid-fraction",
+        "0.2",
+        "--length-balance",
+    ]
+    assert main(args) == 0
+    pairs = read_pairs(out)
+    for source in ("hh_harmless_base", "alpaca_eval_gpt4"):
+        won = [
+            longer_won(p)
+            for p in pairs
+            if p.source == source and p.split == TRAIN and len(p.chosen) != len(p.rejected)
+        ]
+        assert won and won.count(True) == won.count(False)
