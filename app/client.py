@@ -194,7 +194,7 @@ class _ClientCore:
         return _Attempts(self)
 
     def chunks(self, prompts: Texts, responses: Texts, overrides: dict[str, Any]) -> list[_Chunk]:
-        """The requests that score a batch; pairs with an empty text (refused by the service) stay out."""
+        """The requests that score a batch; pairs with an empty prompt (refused by the service) stay out."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses: give one per pair")
         scorable = self._scorable(prompts, responses)
@@ -211,10 +211,10 @@ class _ClientCore:
         ]
 
     def _scorable(self, prompts: Texts, responses: Texts) -> list[int]:
-        empty = [i for i, (p, r) in enumerate(zip(prompts, responses, strict=True)) if not p or not r]
+        empty = [i for i, p in enumerate(prompts) if not p]
         if empty and self.on_error == "raise":
             raise ValueError(
-                f"pairs {empty[:10]} have an empty prompt or response, which the service refuses; "
+                f"pairs {empty[:10]} have an empty prompt, which the service refuses; "
                 "drop them, or use on_error='none' to get None for them"
             )
         skipped = set(empty)

@@ -21,7 +21,10 @@ class StrictModel(BaseModel):
 
 class Pair(StrictModel):
     prompt: str = Field(min_length=1, description="The prompt (conversation so far). Non-empty.")
-    response: str = Field(min_length=1, description="The response to score. Non-empty.")
+    response: str = Field(
+        description="The response to score. May be empty: an empty generation is scored (the heuristic's "
+        "too-short penalty applies), not refused."
+    )
 
 
 class ScoreOptions(StrictModel):

@@ -25,7 +25,7 @@ from app.api.score import CLIENT_CLOSED, ClientGone, run_while_connected
 from app.errors import InvalidInput
 from app.schemas import NormalizeMode, Pair, ScoreBatchResponse, ScoreOptions
 from app.service import ScoringService
-from app.templating import TextPair, split_templated
+from app.templating import split_templated
 
 router = APIRouter(tags=["trainer compatibility"], responses=error_docs(413, 422, 429, 503, 504))
 SPLIT_HELP = (
@@ -92,21 +92,17 @@ Options = Annotated[ScoreOptions, Depends(query_options)]
 
 
 def pairs_of(texts: list[str], prompts: list[str] | None, field: str) -> list[Pair]:
-    """Split every templated text; one that gives no prompt or no response is refused, naming it."""
+    """Split every templated text; one that gives no prompt is refused, naming it. An empty response (the
+    policy stopped at once) is scored like any other."""
     if prompts is not None and len(prompts) != len(texts):
         raise InvalidInput(f"{len(prompts)} prompts for {len(texts)} {field} texts: send one prompt per text")
     splits = [split_templated(text, prompts[i] if prompts else None) for i, text in enumerate(texts)]
-    unsplit = [i for i, pair in enumerate(splits) if not (pair.prompt and pair.response)]
+    unsplit = [i for i, pair in enumerate(splits) if not pair.prompt]
     if unsplit:
-        details = [{"loc": ["body", field, i], "msg": split_fault(splits[i])} for i in unsplit]
-        raise InvalidInput(f"cannot score {field} {unsplit[:10]}: {details[0]['msg']}", details)
+        message = f"no prompt found in the text: {SPLIT_HELP}"
+        details = [{"loc": ["body", field, i], "msg": message} for i in unsplit]
+        raise InvalidInput(f"cannot score {field} {unsplit[:10]}: {message}", details)
     return [Pair(prompt=pair.prompt, response=pair.response) for pair in splits]
-
-
-def split_fault(pair: TextPair) -> str:
-    if not pair.response:
-        return "the response is empty (nothing after the prompt, or only EOS/pad markers)"
-    return f"no prompt found in the text: {SPLIT_HELP}"
 
 
 async def score_pairs(

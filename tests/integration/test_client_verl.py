@@ -40,3 +40,13 @@ def test_reward_kwargs_pass_scoring_options_through(service_env: str):
         "hh", ANSWERS[0], None, {"prompt": HH_PROMPTS[0]}, clip=0.01, namespace="verl-1"
     )
     assert -0.01 <= reward <= 0.01
+
+
+def test_an_empty_generation_gets_a_float_reward(service_env: str):
+    """verl cannot skip a reward, so a response that is only an end marker must be scored, not refused."""
+    expected = httpx.post(
+        f"{service_env}/score", json={"prompt": HH_PROMPTS[0], "response": ""}, timeout=60
+    ).json()["reward"]
+    assert verl.compute_score("hh", "<|im_end|>", None, {"prompt": HH_PROMPTS[0]}) == pytest.approx(
+        expected, rel=1e-5, abs=1e-6
+    )

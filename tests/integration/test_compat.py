@@ -65,12 +65,24 @@ def test_openrlhf_empty_query_gets_empty_lists(server_url):
 
 
 def test_a_query_that_cannot_be_split_is_refused_naming_it(server_url):
-    response = post(server_url, "/get_reward", {"query": [QUERIES[0], "no template here", CHATML_PROMPTS[1]]})
+    queries = [QUERIES[0], "no template here", CHATML_PROMPTS[1], "still none"]
+    response = post(server_url, "/get_reward", {"query": queries})
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["type"] == "validation_error"
-    assert [detail["loc"] for detail in error["details"]] == [["body", "query", 1], ["body", "query", 2]]
-    assert "chat template" in error["details"][0]["msg"] and "empty" in error["details"][1]["msg"]
+    assert [detail["loc"] for detail in error["details"]] == [["body", "query", 1], ["body", "query", 3]]
+    assert "chat template" in error["details"][0]["msg"]
+
+
+def test_an_empty_generation_is_scored_as_an_empty_response(server_url, expected):
+    """A policy that stops at once (only EOS/pad after the prompt) gets a reward, not an error."""
+    stopped = CHATML_PROMPTS[1] + "<|im_end|><|endoftext|><|endoftext|>"
+    body = post(server_url, "/get_reward", {"query": [QUERIES[0], stopped]}).json()
+    alone = post(server_url, "/score", {"prompt": HH_PROMPTS[1], "response": ""}).json()
+    assert body["rewards"] == pytest.approx([expected["rewards"][0], alone["reward"]], **APPROX)
+    assert alone["heuristic"]["words"] == 0
+    assert alone["heuristic"]["length_penalty"] > 0 and alone["heuristic_reward"] < 1.0  # too short
+    assert math.isfinite(alone["model_raw"])
 
 
 def test_scoring_options_ride_on_the_url_query_string(server_url):

@@ -133,6 +133,7 @@ def test_slow_loris_body_is_cut_off_by_the_body_limit(limited_server: RunningSer
 
 # texts that tokenize to (almost) nothing or to special tokens get a finite reward, like any other text
 ODD_TEXTS = {
+    "empty response": ("How do I boil an egg?", ""),
     "only whitespace": ("   ", "\n\t  \r\n"),
     "zero-width characters": ("\u200b\u200b", "\u200b\ufeff"),
     "NUL and control bytes": ("\x00\x01\x02", "\x07\x1b[31m"),

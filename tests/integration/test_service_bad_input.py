@@ -41,7 +41,6 @@ def locs(error: dict) -> list[list]:
     [
         ({"response": "x y z"}, ["body", "prompt"]),
         ({**GOOD, "prompt": ""}, ["body", "prompt"]),
-        ({**GOOD, "response": ""}, ["body", "response"]),
         ({**GOOD, "prompt": 42}, ["body", "prompt"]),
         ({**GOOD, "response": ["a", "list"]}, ["body", "response"]),
         ({**GOOD, "alpha": 1.5}, ["body", "alpha"]),

@@ -116,8 +116,8 @@ def run_grpo(reward_func: Callable, prompts: list, output_dir: Path) -> tuple[li
 
 
 def service_mean(url: str, pairs: list[tuple[str, str]]) -> float:
-    """Mean of /score_batch rewards over pairs with a response (TRL skips the None of an empty one)."""
-    items = [{"prompt": p, "response": r} for p, r in pairs if r]
+    """Mean of /score_batch rewards over the pairs (an empty completion is scored like any other)."""
+    items = [{"prompt": p, "response": r} for p, r in pairs]
     response = httpx.post(f"{url}/score_batch", json={"items": items}, timeout=60)
     assert response.status_code == 200, response.text
     rewards = response.json()["rewards"]

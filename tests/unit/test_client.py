@@ -196,18 +196,21 @@ def test_no_namespace_sends_no_header_and_no_unset_options():
     assert set(json.loads(script.requests[0].content)) == {"items"}
 
 
-def test_empty_texts_are_refused_locally_or_get_none():
+def test_empty_prompts_are_refused_locally_or_get_none_and_empty_responses_are_sent():
     script = Script()
     with sync_client(script) as client, pytest.raises(ValueError, match=r"\[1\]"):
-        client.score_batch(["a", "b", "c"], ["x", "", "z"])
+        client.score_batch(["a", "", "c"], ["x", "y", "z"])
     assert script.requests == []
     with sync_client(script, on_error="none") as client:
-        assert client.score_batch(["a", "b", "c"], ["x", "", "z"]) == [
+        assert client.score_batch(["a", "", "c"], ["x", "y", ""]) == [
             reward_of("a", "x"),
             None,
-            reward_of("c", "z"),
+            reward_of("c", ""),
         ]
-    assert len(json.loads(script.requests[0].content)["items"]) == 2
+    assert json.loads(script.requests[0].content)["items"] == [
+        {"prompt": "a", "response": "x"},
+        {"prompt": "c", "response": ""},
+    ]
 
 
 def test_a_reward_count_that_does_not_match_the_pairs_is_an_error():
