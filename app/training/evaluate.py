@@ -5,8 +5,10 @@
 For each group of pairs: pair accuracy of the model, of the heuristic reward, of the hybrid the service
 serves (0.5 heuristic + 0.5 standardized model), of the length-only rules (shorter wins / longer wins);
 accuracy on length-matched pairs and on pairs whose chosen answer is the shorter one (where a length
-detector fails); the correlation of reward with response length; and calibration: accuracy per bucket of
-|score gap| next to the sigmoid(|gap|) a Bradley-Terry model predicts.
+detector fails); the correlation of reward with response length; calibration: accuracy per bucket of
+|score gap| next to the sigmoid(|gap|) a Bradley-Terry model predicts; and how often the chosen answer
+beats an empty response to the same prompt, by the model and by the hybrid (a policy that learns to say
+nothing is the cheapest exploit of a reward model trained where the shorter answer tends to win).
 """
 
 from __future__ import annotations
@@ -42,11 +44,19 @@ class ScoredPairs:
     heuristic: tuple[np.ndarray, np.ndarray]
     hybrid: tuple[np.ndarray, np.ndarray]
     length: tuple[np.ndarray, np.ndarray]  # characters
+    empty: tuple[np.ndarray, np.ndarray] | None = None  # model and hybrid reward of an empty response
 
     def subset(self, mask: np.ndarray) -> ScoredPairs:
         pick = lambda both: (both[0][mask], both[1][mask])  # noqa: E731
         kept = [p for p, keep in zip(self.pairs, mask, strict=True) if keep]
-        return ScoredPairs(kept, pick(self.model), pick(self.heuristic), pick(self.hybrid), pick(self.length))
+        return ScoredPairs(
+            kept,
+            pick(self.model),
+            pick(self.heuristic),
+            pick(self.hybrid),
+            pick(self.length),
+            pick(self.empty) if self.empty is not None else None,
+        )
 
 
 def pair_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float | None:
@@ -105,6 +115,9 @@ def group_report(scored: ScoredPairs) -> dict:
         "best_length_rule": max(shorter, longer),
         **{name: pair_accuracy(*scored.subset(mask).model) for name, mask in masks.items()},
     }
+    if scored.empty is not None:
+        accuracy["beats_empty"] = pair_accuracy(scored.model[0], scored.empty[0])
+        accuracy["hybrid_beats_empty"] = pair_accuracy(scored.hybrid[0], scored.empty[1])
     rewards = np.concatenate(scored.model)
     return {
         "n": len(scored.pairs),
@@ -121,15 +134,17 @@ def group_report(scored: ScoredPairs) -> dict:
 def score_pairs(
     version: LoadedVersion, pairs: list[PreferencePair], heuristics: HeuristicConfig
 ) -> ScoredPairs:
-    prompts = [p.prompt for p in pairs] * 2
-    responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    n = len(pairs)
+    prompts = [p.prompt for p in pairs] * 3
+    responses = [p.chosen for p in pairs] + [p.rejected for p in pairs] + [""] * n  # chosen, rejected, empty
     model = score_responses(version.model, version.tokenizer, prompts, responses).numpy().astype(np.float64)
     heuristic = np.array(heuristic_rewards(responses, heuristics))
     mean, std = version.calibration
     mixed = hybrid(heuristic, (model - mean) / std, HYBRID_ALPHA, 1 - HYBRID_ALPHA)  # elementwise on arrays
     lengths = np.array([len(r) for r in responses], dtype=np.float64)
-    halves = lambda a: (a[: len(pairs)], a[len(pairs) :])  # noqa: E731
-    return ScoredPairs(pairs, halves(model), halves(heuristic), halves(mixed), halves(lengths))
+    halves = lambda a: (a[:n], a[n : 2 * n])  # noqa: E731
+    empty = (model[2 * n :], mixed[2 * n :])
+    return ScoredPairs(pairs, halves(model), halves(heuristic), halves(mixed), halves(lengths), empty)
 
 
 def evaluate_file(version: LoadedVersion, path: str, split: str | None, heuristics: HeuristicConfig) -> dict:
@@ -156,6 +171,7 @@ def format_table(report: dict) -> str:
         "longer_wins",
         "length_matched",
         "chosen_shorter",
+        "beats_empty",
     )
     header = (
         f"{'file / group':<44} {'n':>6} " + " ".join(f"{c[:11]:>11}" for c in columns) + f" {'len corr':>9}"
@@ -168,7 +184,7 @@ def format_table(report: dict) -> str:
             corr = group["length_correlation"]
             lines.append(
                 f"{label:<44} {group['n']:>6} "
-                + " ".join(cell(group["accuracy"][c]) for c in columns)
+                + " ".join(cell(group["accuracy"].get(c)) for c in columns)
                 + (f" {corr:>9.3f}" if corr is not None else f" {'-':>9}")
             )
     return "\n".join(lines)

@@ -31,7 +31,15 @@ def plot_evaluation(groups: dict[str, dict], path: Path) -> None:
     """Per group: accuracies next to the best length rule, and calibration (accuracy vs sigmoid(gap))."""
     names = list(groups)
     fig, (acc_ax, cal_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    series = ("model", "heuristic", "hybrid", "best_length_rule", "length_matched", "chosen_shorter")
+    series = (
+        "model",
+        "heuristic",
+        "hybrid",
+        "best_length_rule",
+        "length_matched",
+        "chosen_shorter",
+        "beats_empty",
+    )
     width = 0.8 / len(series)
     for i, key in enumerate(series):
         values = [groups[n]["accuracy"].get(key) or 0.0 for n in names]

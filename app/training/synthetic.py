@@ -2,7 +2,9 @@
 
 Each kind damages the text differently and moves its length in a different direction (loops make it
 longer, truncation shorter, shuffling and off-topic keep it about the same), so no kind can be learned
-as "longer wins" or "shorter wins".
+as "longer wins" or "shorter wins". The `empty` kind is no answer at all: on data where the shorter
+answer tends to win (harmlessness: refusals), a model left alone rates silence above most real answers,
+which a policy would learn to exploit.
 """
 
 from __future__ import annotations
@@ -54,22 +56,28 @@ def shuffled_words(words: list[str], rng: random.Random) -> str:
     return " ".join(out)
 
 
+def empty_answer(words: list[str], rng: random.Random) -> str:
+    """Nothing: the policy stopped at once."""
+    return ""
+
+
 PERTURBATIONS: dict[str, Callable[[list[str], random.Random], str]] = {
     "repetition": repetition_loop,
     "truncation": truncation,
     "toxic": toxic_insertion,
     "shuffle": shuffled_words,
+    "empty": empty_answer,
 }
 KINDS = (*PERTURBATIONS, "off_topic")
 
 
 def make_negative(
     base: PreferencePair, kind: str, others: Sequence[PreferencePair], rng: random.Random
-) -> str:
-    """The rejected response of a synthetic pair of `kind` built on `base.chosen`."""
+) -> str | None:
+    """The rejected response of a synthetic pair of `kind` built on `base.chosen`; None when none fits."""
     if kind == "off_topic":
         candidates = [p.chosen for p in (rng.choice(others) for _ in range(8)) if p.prompt != base.prompt]
-        return candidates[0] if candidates else ""
+        return candidates[0] if candidates else None
     return PERTURBATIONS[kind](base.chosen.split(), rng)
 
 
@@ -83,6 +91,6 @@ def synthesize(pairs: Sequence[PreferencePair], count: int, seed: int) -> list[P
     for i in range(count):
         base, kind = rng.choice(bases), KINDS[i % len(KINDS)]
         rejected = make_negative(base, kind, bases, rng)
-        if rejected and rejected != base.chosen:
+        if rejected is not None and rejected != base.chosen:
             out.append(PreferencePair(base.prompt, base.chosen, rejected, SYNTHETIC_SOURCE, kind, base.split))
     return out

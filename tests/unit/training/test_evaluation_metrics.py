@@ -33,6 +33,18 @@ def test_length_rules_and_length_controlled_accuracies() -> None:
     assert acc["heuristic"] == pytest.approx(0.5)  # all-zero heuristic: every pair a tie
 
 
+def test_beats_empty_compares_the_chosen_answer_with_silence_for_model_and_hybrid() -> None:
+    base = scored([2, 2, 0, 1], [1, 1, 1, 0], [300, 300, 100, 100], [100, 100, 300, 110])
+    assert "beats_empty" not in group_report(base)["accuracy"]  # no empty responses scored
+    # model: silence beats pair 2 only; hybrid (all zero): every pair ties silence
+    base.empty = (np.array([1.0, 1.0, 1.0, 0.5]), np.array([-1.0, 0.0, 0.0, 1.0]))
+    acc = group_report(base)["accuracy"]
+    assert acc["beats_empty"] == pytest.approx(0.75)
+    assert acc["hybrid_beats_empty"] == pytest.approx((1 + 0.5 + 0.5 + 0) / 4)
+    half = group_report(base.subset(np.array([True, False, True, False])))["accuracy"]
+    assert half["beats_empty"] == pytest.approx(0.5) and half["hybrid_beats_empty"] == pytest.approx(0.75)
+
+
 def test_a_length_detector_correlates_with_length() -> None:
     lengths_c, lengths_r = [10, 200, 50, 400], [100, 20, 300, 40]
     report = group_report(scored(lengths_c, lengths_r, lengths_c, lengths_r))

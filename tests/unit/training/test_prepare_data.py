@@ -76,7 +76,7 @@ def test_synthetic_negatives_are_tagged_by_kind_and_counted(tmp_path: Path, caps
     assert main(args) == 0
     pairs = read_pairs(out)
     kinds = Counter(p.kind for p in pairs if p.source == "synthetic")
-    assert set(kinds) == {"repetition", "truncation", "toxic", "shuffle", "off_topic"}
+    assert set(kinds) == {"repetition", "truncation", "toxic", "shuffle", "empty", "off_topic"}
     assert sum(kinds.values()) == 50
     assert {p.source for p in pairs} == {"hh_harmless_base", "alpaca_eval_gpt4", "synthetic"}
     table = capsys.readouterr().out

@@ -41,6 +41,7 @@ def test_kinds_damage_the_text_as_named() -> None:
         assert len(pair.rejected.split()) > len(set(pair.rejected.split())) + 4
     for pair in made["off_topic"]:
         assert pair.rejected in {b.chosen for b in BASES if b.prompt != pair.prompt}
+    assert made["empty"] and all(pair.rejected == "" for pair in made["empty"])
 
 
 def test_toxic_insertions_are_seen_by_the_heuristic() -> None:
