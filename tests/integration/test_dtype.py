@@ -16,7 +16,9 @@ from app.store import load_version, read_current
 from tests.conftest import REPO
 
 STORE = REPO / "model_store"
-BF16_TOLERANCE = 0.05  # |model_raw(bf16) - model_raw(fp32)|; measured p99 0.022, max 0.037 on 600 texts
+# |model_raw(bf16) - model_raw(fp32)| in units of the checkpoint's reward_std, i.e. on the standardized
+# model_reward that enters the hybrid; measured max 0.028 of reward_std on 480 HH texts for both defaults
+BF16_TOLERANCE_STD = 0.04
 
 
 def test_auto_is_bfloat16_exactly_when_the_cpu_has_native_bf16() -> None:
@@ -39,18 +41,19 @@ def test_the_default_model_served_in_bfloat16_keeps_fp32_rewards_and_orderings(s
     responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
     version = load_version(STORE / read_current(STORE))
     fp32 = forward_raw(version, prompts, responses)
+    tolerance = BF16_TOLERANCE_STD * version.calibration[1]
     items = [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)]
     with server_factory(STORE, env={"REWARD_DTYPE": "bfloat16", "REWARD_RELOAD_INTERVAL": "0"}) as server:
         assert httpx.get(f"{server.url}/v1/model").json()["dtype"] == "bfloat16"
         batch = httpx.post(f"{server.url}/score_batch", json={"items": items}, timeout=120).json()
         single = httpx.post(f"{server.url}/score", json=items[0], timeout=30).json()
     bf16 = [item["model_raw"] for item in batch["items"]]
-    assert bf16 == pytest.approx(fp32, abs=BF16_TOLERANCE)
+    assert bf16 == pytest.approx(fp32, abs=tolerance)
     assert bf16 != fp32  # the server really computed in bfloat16 ...
     # ... but the float32 head keeps rewards continuous: not rounded to bf16 values, which would tie
     assert sum(torch.tensor(x).to(torch.bfloat16).item() != x for x in bf16) > len(bf16) // 2
-    assert single["model_raw"] == pytest.approx(bf16[0], abs=BF16_TOLERANCE)  # alone vs in a batch
+    assert single["model_raw"] == pytest.approx(bf16[0], abs=tolerance)  # alone vs in a batch
     n = len(rows)
-    clear = [i for i in range(n) if abs(fp32[i] - fp32[i + n]) > 2 * BF16_TOLERANCE]
+    clear = [i for i in range(n) if abs(fp32[i] - fp32[i + n]) > 2 * tolerance]
     assert clear, "the sample has pairs the model separates clearly"
     assert [bf16[i] > bf16[i + n] for i in clear] == [fp32[i] > fp32[i + n] for i in clear]
