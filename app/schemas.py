@@ -100,6 +100,8 @@ class ScoreResponse(ItemScore, ScoringContext):
 class ScoreBatchResponse(ScoringContext):
     rewards: list[float] = Field(description="Final rewards in input order.")
     items: list[ItemScore] = Field(description="Every part of every reward, in input order.")
+    # not part of the answer: the tokens the model read, counted at admission (/classify reports usage)
+    input_tokens: int = Field(0, exclude=True)
 
 
 class RunningStatsResponse(BaseModel):
