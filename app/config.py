@@ -55,7 +55,10 @@ class Settings(BaseSettings):
     clip: float | None = Field(None, gt=0.0)  # default clipping bound c of [-c, c]; None = no clipping
     norm_eps: float = Field(1e-6, gt=0.0)  # added to the std before dividing
     running_momentum: float = Field(0.99, ge=0.0, lt=1.0)  # EMA momentum of running mean/variance
-    max_namespaces: int = Field(1024, ge=1)  # namespaces with running stats kept; least recently used evicted
+    max_namespaces: int = Field(1024, ge=1)  # namespaces with running stats kept; when full, see below
+    # a full namespace table frees the least recently used namespace only when idle this long; else a
+    # new namespace gets 429 (a client inventing namespaces cannot evict a live run's statistics)
+    namespace_idle_s: float = Field(3600.0, gt=0.0)
     stats_path: Path | None = Path("running_stats.json")  # snapshot file of running stats; empty = off
     stats_snapshot_s: float = Field(30.0, gt=0.0)  # seconds between running-stats snapshots
 

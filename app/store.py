@@ -73,13 +73,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never a torn one."""
+def write_json_atomic(path: Path, data: dict, allow_nan: bool = True) -> None:
+    """Write JSON so that a reader sees the old file or the new one, never a torn one. With
+    `allow_nan=False`, NaN or infinity is a ValueError rather than a file no strict parser reads."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, READABLE_FILE)
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+            json.dump(data, f, indent=2, sort_keys=True, allow_nan=allow_nan)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
