@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available, else cpu
     # auto = bfloat16 on a CPU with native bf16 (AVX512-BF16/AMX), else float32; float16 only on cuda
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # memory a version may need to load (its weights file plus the float32 model); larger ones are refused
+    # before anything is allocated, as are ones needing more than the memory available
+    max_model_bytes: int = Field(8 * 1024**3, ge=1)
     torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)  # intra-op CPU threads
 
     # --- micro-batching ---

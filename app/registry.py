@@ -18,7 +18,7 @@ from typing import TypeVar
 import torch
 
 from app.errors import CheckpointError
-from app.store import LoadedVersion, load_version, read_current, version_dir
+from app.store import DEFAULT_MAX_MODEL_BYTES, LoadedVersion, load_version, read_current, version_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -124,8 +124,15 @@ class ModelRegistry:
     """Holds the live LoadedVersion; loading is separate from activation so a new version is checked
     beside the old one before the swap."""
 
-    def __init__(self, store: Path, device: str = "auto", dtype: str = "auto"):
+    def __init__(
+        self,
+        store: Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+    ):
         self.store = Path(store)
+        self.max_model_bytes = max_model_bytes  # a version needing more memory to load is refused
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.current: LoadedVersion | None = None
@@ -152,9 +159,11 @@ class ModelRegistry:
         """Verify, load and warm up `version` (default: the store's CURRENT). Does not activate it."""
         name = version or read_current(self.store)
         if name is None:
-            raise CheckpointError(f"{self.store}: no CURRENT version; publish a model first (reward-train)")
+            raise CheckpointError(
+                "the model store has no CURRENT version; publish a model first (reward-train)"
+            )
         started = time.perf_counter()
-        loaded = load_version(version_dir(self.store, name), device=self.device)
+        loaded = load_version(version_dir(self.store, name), self.device, self.max_model_bytes)
         check_compatible(loaded)
         prepare_for_serving(loaded, self.dtype)
         warm_up(loaded)
