@@ -23,6 +23,13 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)  # TCP port (0 picks a free one)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"  # uvicorn and app log level
 
+    # --- connections (docs/reliability.md) ---
+    max_header_bytes: int = Field(16 * 1024, ge=1024)  # request line + headers; larger get 400 and a close
+    header_timeout_s: float = Field(
+        10.0, gt=0.0
+    )  # a connection whose request headers are not in by then closes
+    max_connections: int = Field(1024, ge=1)  # open connections; beyond, a new one gets 503 and a close
+
     # --- model ---
     model_store: Path = Path("model_store")  # directory of published versions with a CURRENT pointer
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available, else cpu
