@@ -182,7 +182,7 @@ class ModelRegistry:
         try:
             loaded = self.load()
         except CheckpointError as exc:
-            self.last_error = str(exc)
+            self.last_error = str(exc).replace(str(self.store), "<model store>")  # shown to clients by 503s
             raise
         self.activate(loaded)
         return loaded
