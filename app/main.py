@@ -15,7 +15,12 @@ from app.api import admin, compat, health, model, score
 from app.api import metrics as metrics_api
 from app.api.errors import install_error_handlers
 from app.api.metrics import MetricsMiddleware
-from app.api.middleware import BodySizeLimitMiddleware, CanonicalPathMiddleware, RequestIdMiddleware
+from app.api.middleware import (
+    BodySizeLimitMiddleware,
+    CanonicalPathMiddleware,
+    RequestIdMiddleware,
+    UnexpectedErrorMiddleware,
+)
 from app.batcher import BatchPolicy, MicroBatcher
 from app.config import Settings
 from app.errors import CheckpointError
@@ -167,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routers = (score.router, health.router, model.router, admin.router, metrics_api.router, compat.router)
     for router in routers:
         app.include_router(router)
+    app.add_middleware(UnexpectedErrorMiddleware)  # innermost: an unexpected error ends as a 500 here
     app.add_middleware(CanonicalPathMiddleware)  # before routing sees the decoded path
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(HardeningMiddleware, body_timeout_s=settings.body_timeout_s)  # needs the request id

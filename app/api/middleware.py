@@ -8,7 +8,7 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import error_response
+from app.api.errors import error_response, log_unexpected, unexpected_error_response
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # a percent-escape of a character that never needs one (RFC 3986 unreserved) or of a path separator
@@ -104,3 +104,34 @@ class CanonicalPathMiddleware:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class UnexpectedErrorMiddleware:
+    """Answer an unexpected exception with the JSON 500 and keep the connection open.
+
+    Left to the outermost error handler, the exception would also be re-raised to the server, which logs
+    its traceback again and closes the keep-alive connection. Here it is logged once (log_unexpected) and
+    ends with the response. An error after the response started can only abort it: re-raised.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception as exc:
+            if started:
+                raise
+            log_unexpected(scope.get("path", ""), exc)
+            await unexpected_error_response()(scope, receive, send)
