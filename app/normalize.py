@@ -90,7 +90,7 @@ class EmaStats:
         mixed = momentum * self.variance + (1 - momentum) * batch_var
         return EmaStats(
             momentum * self.mean + (1 - momentum) * batch_mean,
-            mixed + momentum * (1 - momentum) * delta**2,
+            mixed + momentum * (1 - momentum) * delta * delta,  # not delta**2: that raises on overflow
             self.count + len(values),
         )
 

@@ -130,6 +130,7 @@ def test_non_finite_and_overflowing_values_never_enter_the_statistics(tmp_path: 
     stats.normalize("run", [math.nan, math.inf, 2.0])  # only the finite 2.0 is folded in
     assert stats.get("run").count == before.count + 1 and stats.get("run").sane
     stats.normalize("run", [1e300, -1e300])  # its variance overflows: no update
+    stats.normalize("run", [1e200])  # so does the shift of its mean: no update
     assert stats.get("run").sane and stats.get("run").count == before.count + 1
     write_snapshot(tmp_path / "s.json", stats.to_dict())
     json.loads((tmp_path / "s.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in snapshot"))
