@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import resource
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +114,32 @@ def test_a_malformed_snapshot_never_stops_the_start(tmp_path: Path, snapshot: st
 
     (tmp_path / "stats.json").write_text(snapshot)
     assert len(running_stats_of(Settings(stats_path=tmp_path / "stats.json"))) == 0
+
+
+def test_a_version_refused_for_lack_of_file_descriptors_is_retried_at_the_next_poll(tmp_path: Path) -> None:
+    publish_tiny_version(tmp_path, "v1")
+    registry = ModelRegistry(tmp_path, device="cpu")
+    registry.load_current()
+    watcher = ModelWatcher(registry, ServiceMetrics(), interval_s=0)
+    watcher.start()
+    publish_tiny_version(tmp_path, "v2", seed=2)
+    release = threading.Event()
+
+    def exhaust_descriptors_before_the_load(held: contextlib.ExitStack) -> None:
+        release.wait(30)
+        held.enter_context(no_free_file_descriptors())  # the load queued behind this finds none
+
+    async def poll_during_exhaustion_then_again() -> None:
+        with contextlib.ExitStack() as held:
+            blocker = asyncio.ensure_future(registry.run_compute(exhaust_descriptors_before_the_load, held))
+            await asyncio.sleep(0)  # the blocker holds the compute thread
+            poll = asyncio.ensure_future(watcher.check_store())
+            await asyncio.sleep(0.2)  # the poll has read CURRENT and queued its load behind the blocker
+            release.set()
+            await blocker
+            assert await poll is None  # refused: no descriptor to open the version's files
+        assert registry.current.version == "v1"
+        assert (await watcher.check_store()).version == "v2"
+
+    asyncio.run(poll_during_exhaustion_then_again())
+    registry.close()
