@@ -23,11 +23,21 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)  # TCP port (0 picks a free one)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"  # uvicorn and app log level
 
+    # --- connections (docs/reliability.md) ---
+    max_header_bytes: int = Field(16 * 1024, ge=1024)  # request line + headers; larger get 400 and a close
+    header_timeout_s: float = Field(
+        10.0, gt=0.0
+    )  # a connection whose request headers are not in by then closes
+    max_connections: int = Field(1024, ge=1)  # open connections; beyond, a new one gets 503 and a close
+
     # --- model ---
     model_store: Path = Path("model_store")  # directory of published versions with a CURRENT pointer
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available, else cpu
     # auto = bfloat16 on a CPU with native bf16 (AVX512-BF16/AMX), else float32; float16 only on cuda
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # memory a version may need to load (its weights file plus the float32 model); larger ones are refused
+    # before anything is allocated, as are ones needing more than the memory available
+    max_model_bytes: int = Field(8 * 1024**3, ge=1)
     torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)  # intra-op CPU threads
 
     # --- micro-batching ---
@@ -57,7 +67,10 @@ class Settings(BaseSettings):
     clip: float | None = Field(None, gt=0.0)  # default clipping bound c of [-c, c]; None = no clipping
     norm_eps: float = Field(1e-6, gt=0.0)  # added to the std before dividing
     running_momentum: float = Field(0.99, ge=0.0, lt=1.0)  # EMA momentum of running mean/variance
-    max_namespaces: int = Field(1024, ge=1)  # namespaces with running stats kept; least recently used evicted
+    max_namespaces: int = Field(1024, ge=1)  # namespaces with running stats kept; when full, see below
+    # a full namespace table frees the least recently used namespace only when idle this long; else a
+    # new namespace gets 429 (a client inventing namespaces cannot evict a live run's statistics)
+    namespace_idle_s: float = Field(3600.0, gt=0.0)
     stats_path: Path | None = Path("running_stats.json")  # snapshot file of running stats; empty = off
     stats_snapshot_s: float = Field(30.0, gt=0.0)  # seconds between running-stats snapshots
 

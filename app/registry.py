@@ -18,7 +18,7 @@ from typing import TypeVar
 import torch
 
 from app.errors import CheckpointError
-from app.store import LoadedVersion, load_version, read_current, version_dir
+from app.store import DEFAULT_MAX_MODEL_BYTES, LoadedVersion, load_version, read_current, version_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,8 +99,15 @@ class ModelRegistry:
     """Holds the live LoadedVersion; loading is separate from activation so a new version is checked
     beside the old one before the swap."""
 
-    def __init__(self, store: Path, device: str = "auto", dtype: str = "auto"):
+    def __init__(
+        self,
+        store: Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+    ):
         self.store = Path(store)
+        self.max_model_bytes = max_model_bytes  # a version needing more memory to load is refused
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.current: LoadedVersion | None = None
@@ -127,9 +134,11 @@ class ModelRegistry:
         """Verify, load and warm up `version` (default: the store's CURRENT). Does not activate it."""
         name = version or read_current(self.store)
         if name is None:
-            raise CheckpointError(f"{self.store}: no CURRENT version; publish a model first (reward-train)")
+            raise CheckpointError(
+                "the model store has no CURRENT version; publish a model first (reward-train)"
+            )
         started = time.perf_counter()
-        loaded = load_version(version_dir(self.store, name), device=self.device)
+        loaded = load_version(version_dir(self.store, name), self.device, self.max_model_bytes)
         prepare_for_serving(loaded, self.dtype)
         warm_up(loaded, self.dtype)
         self.last_load_seconds = time.perf_counter() - started
@@ -147,7 +156,7 @@ class ModelRegistry:
         try:
             loaded = self.load()
         except CheckpointError as exc:
-            self.last_error = str(exc)
+            self.last_error = str(exc).replace(str(self.store), "<model store>")  # shown to clients by 503s
             raise
         self.activate(loaded)
         return loaded

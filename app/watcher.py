@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import gc
 import logging
 from dataclasses import dataclass
@@ -34,6 +35,19 @@ def release_freed_memory() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC}
+
+
+def caused_by_resource_exhaustion(exc: BaseException) -> bool:
+    """Whether an OSError of exhausted resources is in the exception's chain: not the version's fault."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in RESOURCE_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass(frozen=True)
@@ -100,13 +114,17 @@ class ModelWatcher:
             return ReloadResult("rollback", previous.version, replaced.version if replaced else None)
 
     async def check_store(self) -> ReloadResult | None:
-        """One poll: reload when CURRENT changed since last seen; a refusal is logged, not raised."""
+        """One poll: reload when CURRENT changed since last seen; a refusal is logged, not raised. A
+        refusal caused by the machine (out of file descriptors or memory) is retried at the next poll."""
         current = self._read_current()
         if current is None or current == self._seen_current:
             return None
         self._seen_current = current
-        with contextlib.suppress(CheckpointError):
+        try:
             return await self.reload()
+        except CheckpointError as exc:
+            if caused_by_resource_exhaustion(exc):
+                self._seen_current = None
         return None
 
     async def _watch(self) -> None:

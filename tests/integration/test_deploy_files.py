@@ -512,5 +512,6 @@ def test_load_balancer_sends_each_namespace_to_one_replica(tmp_path: Path) -> No
         anonymous = {client.post("/score", json={}).json()["replica"] for _ in range(6)}
         assert len(anonymous) > 1
 
-        refused = client.post("/admin/reload")
-        assert refused.status_code == 403 and refused.json()["error"]["type"] == "forbidden"
+        for admin_path in ("/admin/reload", "/%61dmin/reload", "/admin%2Freload"):  # decoded before matching
+            refused = client.post(admin_path)
+            assert refused.status_code == 403 and refused.json()["error"]["type"] == "forbidden", admin_path

@@ -67,7 +67,7 @@ def publish_corrupt(store: Path, version: str, corrupt: Callable[[Path], None] |
 
 CORRUPTIONS = {
     "bad-checksum": (flip_a_weight_byte, "does not match the manifest"),
-    "truncated-weights": (truncate_weights, "cannot load weights"),
+    "truncated-weights": (truncate_weights, "model.safetensors"),
     "incompatible-config": (outgrow_the_position_table, "incompatible config"),
     "nan-outputs": (None, "non-finite rewards"),
 }
