@@ -18,7 +18,6 @@ from app.api.metrics import MetricsMiddleware
 from app.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.batcher import BatchPolicy, MicroBatcher
 from app.config import Settings
-from app.errors import CheckpointError
 from app.heuristics import HeuristicConfig
 from app.metrics import ServiceMetrics
 from app.middleware import HardeningMiddleware
@@ -77,10 +76,10 @@ async def load_model(registry: ModelRegistry, watcher: ModelWatcher) -> None:
     if removed:
         log.info("removed %d half-written versions left by killed publishes: %s", len(removed), removed)
     try:
-        loaded = await registry.run_compute(registry.load_current)
+        loaded = await registry.load_current()
         log.info("loaded model version %s in %.2f s", loaded.version, registry.last_load_seconds)
-    except CheckpointError as exc:
-        log.error("no model to serve: %s", exc)
+    except Exception:  # whatever failed (CUDA out of memory too), a later publish must still be picked up
+        log.exception("no model to serve: %s", registry.last_error)
     watcher.start()
 
 

@@ -18,7 +18,7 @@ from typing import TypeVar
 import torch
 
 from app.errors import CheckpointError
-from app.store import LoadedVersion, load_version, read_current, version_dir
+from app.store import LoadedVersion, load_version, read_current, verify_version, version_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,20 +50,32 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto -> bfloat16 on a CPU with native bf16, float32 elsewhere (see docs/benchmarks.md for why);
-    float16 only on CUDA."""
+    """auto -> bfloat16 on a CUDA device that supports it (float16 on older ones) and on a CPU with native
+    bf16, float32 elsewhere (see docs/benchmarks.md for why); float16 only on CUDA."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     if name == "float16" and device.type != "cuda":
         raise CheckpointError(f"REWARD_DTYPE=float16 needs a CUDA device; on {device.type} use float32")
     return DTYPES[name]
 
 
-def prepare_for_serving(version: LoadedVersion, dtype: torch.dtype) -> None:
+def enable_tf32(device: torch.device) -> None:
+    """float32 matmuls on CUDA in TF32 (10-bit mantissa, tensor cores): used when REWARD_DTYPE=float32,
+    whose rewards then move by far less than the bf16 default's tolerance."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def prepare_for_serving(version: LoadedVersion, dtype: torch.dtype, device: torch.device) -> None:
     """Eval mode (no dropout; the encoder's nested-tensor fast path) with the encoder in `dtype`; the
-    reward head, a tiny MLP, stays in float32 so rewards keep their precision (see RewardHead)."""
+    reward head, a tiny MLP, stays in float32 so rewards keep their precision (see RewardHead). Cast on
+    the CPU, then move: a float32 copy of the weights is never staged on the accelerator."""
     version.model.to(dtype=dtype).eval()
     version.model.head.float()
+    version.model.to(device)
 
 
 def configure_torch_threads(threads: int) -> None:
@@ -82,9 +94,9 @@ def forward_raw(version: LoadedVersion, prompts: Sequence[str], responses: Seque
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     input_ids, mask = version.tokenizer.pad([ids[i] for i in order])  # (B, T) each
     device = next(version.model.parameters()).device
-    if device.type == "cuda":  # page-locked host memory: the copies run asynchronously on the stream
-        input_ids = input_ids.pin_memory().to(device, non_blocking=True)
-        mask = mask.pin_memory().to(device, non_blocking=True)
+    # A plain copy: pinning a fresh host buffer per batch costs a page-locked allocation and overlaps
+    # nothing, since the next step (the forward, then .cpu()) waits for the batch anyway.
+    input_ids, mask = input_ids.to(device), mask.to(device)
     with torch.inference_mode():
         sorted_out = version.model(input_ids, mask).float().cpu().tolist()  # (B,); .cpu() synchronizes
     raw = [0.0] * len(ids)
@@ -128,6 +140,7 @@ class ModelRegistry:
         self.store = Path(store)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        enable_tf32(self.device)
         self.current: LoadedVersion | None = None
         self.previous: LoadedVersion | None = None
         self.last_error: str | None = None
@@ -148,32 +161,58 @@ class ModelRegistry:
     def ready(self) -> bool:
         return self.current is not None
 
-    def load(self, version: str | None = None) -> LoadedVersion:
-        """Verify, load and warm up `version` (default: the store's CURRENT). Does not activate it."""
+    def version_name(self, version: str | None) -> str:
         name = version or read_current(self.store)
         if name is None:
             raise CheckpointError(f"{self.store}: no CURRENT version; publish a model first (reward-train)")
+        return name
+
+    def load(self, version: str | None = None, manifest: dict | None = None) -> LoadedVersion:
+        """Verify (unless given the `manifest` verify_version returned), load and warm up `version`
+        (default: the store's CURRENT). Does not activate it."""
+        name = self.version_name(version)
         started = time.perf_counter()
-        loaded = load_version(version_dir(self.store, name), device=self.device)
+        loaded = load_version(version_dir(self.store, name), device="cpu", manifest=manifest)
         check_compatible(loaded)
-        prepare_for_serving(loaded, self.dtype)
+        prepare_for_serving(loaded, self.dtype, self.device)
         warm_up(loaded)
         self.last_load_seconds = time.perf_counter() - started
         return loaded
 
+    async def load_off_loop(self, version: str | None = None) -> LoadedVersion:
+        """`load` with the checksums computed on a worker thread: hashing a large checkpoint on the compute
+        thread would pause scoring for as long; only loading and warm-up queue behind the batches."""
+        name = self.version_name(version)
+        manifest = await asyncio.to_thread(verify_version, version_dir(self.store, name))
+        return await self.run_compute(self.load, name, manifest)
+
     def activate(self, loaded: LoadedVersion) -> LoadedVersion | None:
-        """Make `loaded` the live version (one reference swap); returns the one it replaced."""
+        """Make `loaded` the live version (one reference swap); returns the one it replaced. The version
+        before that is dropped here; garbage collection, then `release_device_memory`, hands its memory
+        back."""
         self.previous, self.current = self.current, loaded
         self.last_error = None
         log.info("model version %s is live on %s (%s)", loaded.version, self.device, str(self.dtype))
         return self.previous
 
-    def load_current(self) -> LoadedVersion:
-        """Load the store's CURRENT and make it live; on failure keep what serves and remember why."""
+    def release_device_memory(self) -> None:
+        """Return the CUDA caching allocator's free blocks to the driver after a swap: replicas sharing a
+        GPU would otherwise each keep the peak of a reload (three versions) reserved."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    async def load_current(self) -> LoadedVersion:
+        """Load the store's CURRENT and make it live; on any failure (a bad checkpoint, CUDA out of
+        memory) keep what serves and remember why."""
         try:
-            loaded = self.load()
-        except CheckpointError as exc:
-            self.last_error = str(exc)
+            loaded = await self.load_off_loop()
+        except Exception as exc:
+            self.remember_failure(exc)
             raise
         self.activate(loaded)
         return loaded
+
+    def remember_failure(self, exc: Exception) -> None:
+        """What /readyz says while nothing serves: any failure (a bad checkpoint, CUDA out of memory)."""
+        reason = " ".join(str(exc).split()) or type(exc).__name__  # torch errors span lines
+        self.last_error = reason if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {reason}"

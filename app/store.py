@@ -171,10 +171,13 @@ def _read_config(directory: Path) -> tuple[RewardModelConfig, EncodingSpec, dict
         raise CheckpointError(f"{directory}/config.json: incompatible config ({exc})") from exc
 
 
-def load_version(directory: str | Path, device: str | torch.device = "cpu") -> LoadedVersion:
-    """Rebuild a model from a version directory alone, after verifying every checksum."""
+def load_version(
+    directory: str | Path, device: str | torch.device = "cpu", manifest: dict | None = None
+) -> LoadedVersion:
+    """Rebuild a model from a version directory alone, after verifying every checksum (`manifest`: what
+    `verify_version` returned for it already, so that a caller can hash on another thread)."""
     directory = Path(directory)
-    manifest = verify_version(directory)
+    manifest = manifest if manifest is not None else verify_version(directory)
     model_cfg, spec, config = _read_config(directory)
     try:
         tokenizer = PairTokenizer.load(directory / "tokenizer.json", spec)
