@@ -325,8 +325,8 @@ def load_live(store: Path, dtype: str) -> LoadedVersion:
     if version is None:
         raise SystemExit(f"{store}: no CURRENT version to benchmark")
     device = resolve_device("auto")
-    loaded = load_version(version_dir(store, version), device=device)
-    prepare_for_serving(loaded, resolve_dtype(dtype, device))
+    loaded = load_version(version_dir(store, version))
+    prepare_for_serving(loaded, resolve_dtype(dtype, device), device)
     return loaded
 
 
