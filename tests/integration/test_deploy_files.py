@@ -239,6 +239,15 @@ def test_image_installs_the_project_without_dev_extras() -> None:
     assert not any("[dev]" in a or "-e " in a for a in installs)
 
 
+def test_image_installs_the_locked_versions() -> None:
+    [install] = [
+        a for n, a in dockerfile_instructions() if n == "RUN" and re.search(r"pip install \.(\s|$)", a)
+    ]
+    constraints = re.search(r"-c (\S+)", install)
+    assert constraints, "the project is installed without the lock's versions as constraints"
+    assert f"requirements.lock > {constraints[1]}" in install and "grep -v '^torch=='" in install
+
+
 def test_build_context_keeps_out_local_state_but_not_what_the_image_copies() -> None:
     copied = [
         word
