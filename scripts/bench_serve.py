@@ -708,6 +708,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="only compare --dtype with float32 on N preference pairs of --data, print JSON and exit",
     )
+    parser.add_argument(
+        "--ceiling-only", action="store_true", help="only measure the in-process ceiling, print JSON and exit"
+    )
     parser.add_argument("--serve-naive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     return parser
@@ -736,6 +739,9 @@ def main(argv: list[str] | None = None) -> None:
                 args.ceiling_repeats,
             )  # fmt: skip
             print(f"  ceiling {ceiling['best_items_per_s']:.1f} items/s", file=sys.stderr, flush=True)
+    if args.ceiling_only:
+        print(json.dumps({"dtype": str(next(version.model.parameters()).dtype), **ceiling}, indent=2))
+        return
     facts = machine_facts(args, version, len(pairs))
     version = None  # free the ceiling's model while the servers run
     if args.url:
