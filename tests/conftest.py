@@ -87,6 +87,19 @@ def tiny_model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return store
 
 
+def readiness_after(
+    client: httpx.Client, done: Callable[[httpx.Response], bool], timeout_s: float = 120.0
+) -> dict:
+    """Poll /readyz until `done(response)`; its JSON body."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = client.get("/readyz")
+        if done(response):
+            return response.json()
+        time.sleep(0.1)
+    raise AssertionError(f"/readyz never got there: {response.status_code} {response.text}")
+
+
 def require_tool(name: str, package: str) -> str:
     """The path of an external program a test needs. Missing, the test skips on a workstation but fails
     under CI (CI=true), where .ci/run installs it: a silent skip there would hide an untested path."""

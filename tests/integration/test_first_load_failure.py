@@ -3,18 +3,15 @@ device, injected on CPU) leaves a server that says why it is not ready and still
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 import app.registry
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import publish_tiny_version
+from tests.conftest import publish_tiny_version, readiness_after
 
 OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"
 
@@ -32,18 +29,6 @@ def fail_once_like_cuda_oom(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app.registry, "prepare_for_serving", prepare)
 
 
-def wait_for_readiness(
-    client: TestClient, done: Callable[[httpx.Response], bool], timeout_s: float = 60.0
-) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        response = client.get("/readyz")
-        if done(response):
-            return response.json()
-        time.sleep(0.05)
-    raise AssertionError(f"/readyz never got there; last: {response.status_code} {response.text}")
-
-
 def test_after_a_failed_first_load_readyz_says_why_and_a_later_publish_serves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -53,7 +38,7 @@ def test_after_a_failed_first_load_readyz_says_why_and_a_later_publish_serves(
         model_store=tmp_path, device="cpu", dtype="float32", reload_interval=0.05, stats_path=""
     )
     with TestClient(create_app(settings)) as client:
-        refusal = wait_for_readiness(client, lambda r: "loading" not in r.text)
+        refusal = readiness_after(client, lambda r: "loading" not in r.text)
         assert "RuntimeError: CUDA out of memory" in refusal["error"]["message"], refusal
         publish_tiny_version(tmp_path, "v2", seed=2)
-        assert wait_for_readiness(client, lambda r: r.status_code == 200)["model_version"] == "v2"
+        assert readiness_after(client, lambda r: r.status_code == 200)["model_version"] == "v2"
