@@ -101,6 +101,7 @@ class ModelWatcher:
 
     async def check_store(self) -> ReloadResult | None:
         """One poll: reload when CURRENT changed since last seen; a refusal is logged, not raised."""
+        self.metrics.store_checked()
         current = self._read_current()
         if current is None or current == self._seen_current:
             return None
