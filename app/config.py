@@ -5,6 +5,7 @@ Every field has one comment; validators refuse values that would make the servic
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,6 +14,33 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 NormalizeMode = Literal["none", "batch", "running"]
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs the cgroup may use per period (cgroup v2 `cpu.max`, else v1 `cpu.cfs_quota_us`); None when
+    unlimited or unknown. Containers see their own cgroup at the root of the mounted hierarchy."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]  # "max 100000" or "200000 100000"
+    except (OSError, ValueError):
+        try:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()  # -1 when unlimited
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if not quota.isdigit() or not period.isdigit() or int(period) == 0:  # "max" / -1: unlimited
+        return None
+    return int(quota) / int(period)
+
+
+def cpu_budget(root: Path | None = None) -> int:
+    """CPUs this process may really use: its affinity mask, capped by the cgroup's CPU quota (rounded
+    up). os.cpu_count() counts the host's cores, so replicas in containers would oversubscribe."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota(root or CGROUP_ROOT)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
 
 
 class Settings(BaseSettings):
@@ -33,12 +61,13 @@ class Settings(BaseSettings):
     # --- model ---
     model_store: Path = Path("model_store")  # directory of published versions with a CURRENT pointer
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available, else cpu
-    # auto = bfloat16 on a CPU with native bf16 (AVX512-BF16/AMX), else float32; float16 only on cuda
+    # auto = bfloat16 on cuda (float16 where bf16 is unsupported) and on a CPU with native bf16
+    # (AVX512-BF16/AMX), else float32; float16 only on cuda; float32 on cuda computes matmuls in TF32
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # memory a version may need to load (its weights file plus the float32 model); larger ones are refused
     # before anything is allocated, as are ones needing more than the memory available
     max_model_bytes: int = Field(8 * 1024**3, ge=1)
-    torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)  # intra-op CPU threads
+    torch_threads: int = Field(default_factory=cpu_budget, ge=1)  # intra-op threads; default: cpu_budget()
 
     # --- micro-batching ---
     max_batch_size: int = Field(64, ge=1, le=4096)  # items per forward pass (1 turns batching off)
@@ -71,7 +100,8 @@ class Settings(BaseSettings):
     # a full namespace table frees the least recently used namespace only when idle this long; else a
     # new namespace gets 429 (a client inventing namespaces cannot evict a live run's statistics)
     namespace_idle_s: float = Field(3600.0, gt=0.0)
-    stats_path: Path | None = Path("running_stats.json")  # snapshot file of running stats; empty = off
+    # snapshot file of running stats (state/ is git-ignored, so serving leaves a checkout clean); empty = off
+    stats_path: Path | None = Path("state/running_stats.json")
     stats_snapshot_s: float = Field(30.0, gt=0.0)  # seconds between running-stats snapshots
 
     # --- admin ---

@@ -23,7 +23,6 @@ from app.api.middleware import (
 )
 from app.batcher import BatchPolicy, MicroBatcher
 from app.config import Settings
-from app.errors import CheckpointError
 from app.heuristics import HeuristicConfig
 from app.metrics import ServiceMetrics
 from app.middleware import HardeningMiddleware
@@ -92,13 +91,11 @@ async def load_model(registry: ModelRegistry, watcher: ModelWatcher) -> None:
     if removed:
         log.info("removed %d half-written versions left by killed publishes: %s", len(removed), removed)
     try:
-        loaded = await registry.run_compute(registry.load_current)
+        loaded = await registry.load_current()
         log.info("loaded model version %s in %.2f s", loaded.version, registry.last_load_seconds)
-    except CheckpointError as exc:
-        log.error("no model to serve: %s", exc)
-    except Exception as exc:  # whatever a bad checkpoint raises, the watcher must still start
-        log.exception("no model to serve: loading failed unexpectedly")
-        registry.last_error = f"loading failed: {type(exc).__name__}; see the server log"
+    except Exception as exc:  # whatever failed (CUDA out of memory too), a later publish is still picked up
+        registry.remember_failure(exc)
+        log.exception("no model to serve: %s", registry.last_error)
         watcher.metrics.load_errors.inc()
     watcher.start()
 

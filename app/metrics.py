@@ -134,6 +134,9 @@ class ServiceMetrics:
         )  # fmt: skip
         for outcome in RELOAD_OUTCOMES:
             self.reloads.labels(outcome)
+        self.store_checks = Counter(
+            "reward_store_checks", "Polls of the model store's CURRENT by the reload watcher.", registry=r
+        )
         self.last_reload = Gauge(
             "reward_last_reload_timestamp_seconds", "Unix time of the last successful reload or rollback.",
             registry=r,
@@ -188,6 +191,9 @@ class ServiceMetrics:
         self.model_info.info({"version": version})
         if load_seconds is not None:
             self.model_load.observe(load_seconds)
+
+    def store_checked(self) -> None:
+        self.store_checks.inc()
 
     def reload_finished(self, outcome: str) -> None:
         if outcome not in RELOAD_OUTCOMES:

@@ -241,13 +241,17 @@ def _read_metrics(directory: Path) -> dict:
 
 
 def load_version(
-    directory: str | Path, device: str | torch.device = "cpu", max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+    manifest: dict | None = None,
 ) -> LoadedVersion:
-    """Rebuild a model from a version directory alone, after verifying every checksum, the calibration,
-    the architecture's bounds and the weights file's header against the architecture and the memory
-    budget; nothing is allocated for the weights before these pass."""
+    """Rebuild a model from a version directory alone, after verifying every checksum (`manifest`: what
+    `verify_version` returned for it already, so that a caller can hash on another thread), the
+    calibration, the architecture's bounds and the weights file's header against the architecture and
+    the memory budget; nothing is allocated for the weights before these pass."""
     directory = Path(directory)
-    manifest = verify_version(directory)
+    manifest = manifest if manifest is not None else verify_version(directory)
     model_cfg, spec, config = _read_config(directory)
     metrics = _read_metrics(directory)
     check_architecture_bounds(model_cfg, directory.name)

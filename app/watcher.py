@@ -116,6 +116,7 @@ class ModelWatcher:
     async def check_store(self) -> ReloadResult | None:
         """One poll: reload when CURRENT changed since last seen; a refusal is logged, not raised. A
         refusal caused by the machine (out of file descriptors or memory) is retried at the next poll."""
+        self.metrics.store_checked()
         current = self._read_current()
         if current is None or current == self._seen_current:
             return None
@@ -138,7 +139,7 @@ class ModelWatcher:
     async def _load_and_swap(self, name: str) -> ReloadResult:
         live = self.registry.current
         try:
-            loaded = await self.registry.run_compute(self.registry.load, name)
+            loaded = await self.registry.load_off_loop(name)
         except Exception as exc:  # every failure of a candidate is a refusal, whatever raised it
             reason = " ".join(str(exc).split()) or type(exc).__name__  # torch errors span lines
             self.metrics.reload_finished("refused")
@@ -149,6 +150,7 @@ class ModelWatcher:
         self.metrics.model_loaded(loaded.version, self.registry.last_load_seconds)
         self.metrics.reload_finished("success")
         await asyncio.to_thread(release_freed_memory)  # the version before `replaced` is unreferenced now
+        self.registry.release_device_memory()
         return ReloadResult(
             "success", loaded.version, replaced and replaced.version, self.registry.last_load_seconds
         )

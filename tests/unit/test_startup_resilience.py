@@ -69,7 +69,7 @@ def test_an_unexpected_load_error_is_explained_and_a_later_publish_is_picked_up(
 def test_the_watcher_survives_running_out_of_file_descriptors(tmp_path: Path) -> None:
     publish_tiny_version(tmp_path, "v1")
     registry = ModelRegistry(tmp_path, device="cpu")
-    registry.load_current()
+    registry.activate(registry.load())
     watcher = ModelWatcher(registry, ServiceMetrics(), interval_s=0)
     watcher.start()
     publish_tiny_version(tmp_path, "v2", seed=2)
@@ -119,7 +119,7 @@ def test_a_malformed_snapshot_never_stops_the_start(tmp_path: Path, snapshot: st
 def test_a_version_refused_for_lack_of_file_descriptors_is_retried_at_the_next_poll(tmp_path: Path) -> None:
     publish_tiny_version(tmp_path, "v1")
     registry = ModelRegistry(tmp_path, device="cpu")
-    registry.load_current()
+    registry.activate(registry.load())
     watcher = ModelWatcher(registry, ServiceMetrics(), interval_s=0)
     watcher.start()
     publish_tiny_version(tmp_path, "v2", seed=2)
