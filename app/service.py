@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.batcher import MicroBatcher
+from app.batcher import FAST_REFUSAL, AdmissionPolicy, MicroBatcher
 from app.errors import InferenceError, InvalidInput, NotReady
 from app.heuristics import DEFAULT_TOXIC_KEYWORDS, HeuristicConfig, HeuristicScore, heuristic_score
 from app.metrics import ServiceMetrics
@@ -87,16 +87,16 @@ def text_loc(index: int, name: str, batch: bool) -> list:
     return ["body", "items", index, name] if batch else ["body", name]
 
 
-def check_limits(pairs: Sequence[Pair], defaults: ScoringDefaults, batch: bool) -> None:
+def check_limits(pairs: Sequence[Pair], defaults: ScoringDefaults, batch: bool, max_items: int) -> None:
     """Refuse too many items or too long texts, naming each field at fault and the limit."""
-    if len(pairs) > defaults.max_items:
+    if len(pairs) > max_items:
         raise InvalidInput(
-            f"too many items: {len(pairs)} > max_items {defaults.max_items}",
+            f"too many items: {len(pairs)} > max_items {max_items}",
             [
                 {
                     "loc": ["body", "items"],
                     "msg": "too many items",
-                    "limit": defaults.max_items,
+                    "limit": max_items,
                     "got": len(pairs),
                 }
             ],
@@ -141,13 +141,22 @@ class ScoringService:
             raise NotReady(f"the model cannot serve: its last {failures} batches failed (see the server log)")
         return version
 
-    async def score(self, pairs: Sequence[Pair], options: ScoreOptions, batch: bool) -> ScoreBatchResponse:
-        """Score pairs with one model version; `batch` says whether they came as /score_batch items."""
-        check_limits(pairs, self.defaults, batch)
+    async def score(
+        self,
+        pairs: Sequence[Pair],
+        options: ScoreOptions,
+        batch: bool,
+        admission: AdmissionPolicy = FAST_REFUSAL,
+        max_items: int | None = None,
+    ) -> ScoreBatchResponse:
+        """Score pairs with one model version; `batch` says whether they came as /score_batch items.
+        Per route: `admission` says how a busy server admits them (trainers that cannot back off wait),
+        `max_items` replaces the default item limit (a whole rollout in one request)."""
+        check_limits(pairs, self.defaults, batch, max_items or self.defaults.max_items)
         version = self.live_version()  # captured once: every item of this request uses it
         payloads = [PairPayload(p.prompt, p.response, version) for p in pairs]
         lengths = [estimate_tokens(p, version.tokenizer.spec.max_len) for p in pairs]
-        parts: list[ItemParts] = await self.batcher.run(payloads, lengths, group=id(version))
+        parts: list[ItemParts] = await self.batcher.run(payloads, lengths, id(version), admission)
         return self._finish(parts, options, version.version)
 
     def _finish(self, parts: list[ItemParts], options: ScoreOptions, version: str) -> ScoreBatchResponse:

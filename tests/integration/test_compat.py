@@ -58,10 +58,12 @@ def test_trailing_eos_and_pad_markers_do_not_change_the_reward(server_url):
     )
 
 
-def test_openrlhf_empty_query_gets_empty_lists(server_url):
+def test_openrlhf_empty_query_gets_empty_lists_and_every_extra_logs_key(server_url):
+    """OpenRLHF sends an empty query to every URL beyond the number of samples, then reads the keys."""
     response = post(server_url, "/get_reward", {"query": [], "prompts": [], "labels": []})
     assert response.status_code == 200
-    assert response.json() == {"rewards": [], "scores": [], "extra_logs": {}}
+    empty_logs = {"model_reward": [], "heuristic_reward": []}
+    assert response.json() == {"rewards": [], "scores": [], "extra_logs": empty_logs}
 
 
 def test_a_query_that_cannot_be_split_is_refused_naming_it(server_url):
