@@ -102,9 +102,10 @@ def pair_fields_of(conversation: Any) -> dict[str, str]:
         raise ValueError(
             f"messages.{where}: {first['msg']}" if where else f"messages: {first['msg']}"
         ) from None
-    if not messages:
-        raise ValueError("messages: a conversation needs at least a user turn and the assistant's response")
-    return pair_of_messages(messages).model_dump()
+    try:
+        return pair_of_messages(messages).model_dump()
+    except ValueError as exc:
+        raise ValueError(f"messages: {exc}") from None
 
 
 class ScoreRequest(ScoreOptions, Pair):

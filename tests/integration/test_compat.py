@@ -121,3 +121,82 @@ def test_models_lists_the_live_version(server_url):
     body = httpx.get(f"{server_url}/v1/models", timeout=10).json()
     assert body["object"] == "list"
     assert [model["id"] for model in body["data"]] == [TINY_VERSION]
+
+
+def test_openrlhf_whole_rollout_in_one_request_is_scored_past_max_items(server_url, expected):
+    """OpenRLHF <= 0.9.0 sends the whole rollout (here 512 > max_items 256) in one request."""
+    queries = QUERIES * 171  # 513 queries
+    body = post(server_url, "/get_reward", {"query": queries}).json()
+    assert body["rewards"] == pytest.approx(expected["rewards"] * 171, **APPROX)
+    assert len(body["extra_logs"]["model_reward"]) == len(body["extra_logs"]["heuristic_reward"]) == 513
+
+
+def test_a_huge_query_list_is_refused_before_splitting_with_a_small_body(server_url):
+    response = post(server_url, "/get_reward", {"query": [""] * 500_000})
+    assert response.status_code == 422
+    assert len(response.content) < 1000
+    error = response.json()["error"]
+    assert error["details"] == [
+        {"loc": ["body", "query"], "msg": "too many items", "limit": 4096, "got": 500_000}
+    ]
+    assert error["code"] == 422 and error["param"] == "query"
+
+
+def test_many_unsplittable_queries_give_a_bounded_error_body(server_url):
+    response = post(server_url, "/get_reward", {"query": ["no template here"] * 3000})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert len(error["details"]) == 20 and "3000 errors" in error["message"]
+    assert len(response.content) < 10_000
+
+
+def test_classify_takes_vllm_chat_form_messages(server_url, expected):
+    messages = [{"role": "user", "content": QUESTIONS[2]}, {"role": "assistant", "content": ANSWERS[2]}]
+    body = post(server_url, "/classify", {"model": "m", "messages": messages, "use_activation": False}).json()
+    assert [item["probs"][-1] for item in body["data"]] == pytest.approx([expected["rewards"][2]], **APPROX)
+
+
+@pytest.mark.parametrize("ids", [[1, 2, 3], [[1, 2], [3, 4]]])
+def test_classify_refuses_token_ids_saying_why(server_url, ids):
+    response = post(server_url, "/classify", {"model": "m", "input": ids})
+    assert response.status_code == 422
+    assert "policy's vocabulary" in response.json()["error"]["message"]
+
+
+def test_embeddings_give_the_reward_where_verl_reads_it_from_sglang(server_url, expected):
+    """verl's SGLang reward path: output["data"][-1]["embedding"][-1] is the reward."""
+    for index, query in enumerate(QUERIES):
+        body = post(server_url, "/v1/embeddings", {"model": "m", "input": query}).json()
+        assert body["data"][-1]["embedding"][-1] == pytest.approx(expected["rewards"][index], **APPROX)
+        assert body["object"] == "list" and body["data"][-1]["object"] == "embedding"
+
+
+def test_models_retrieve_the_live_version_and_404_for_others(server_url):
+    live = httpx.get(f"{server_url}/v1/models/{TINY_VERSION}", timeout=10)
+    assert live.status_code == 200
+    entry = live.json()
+    assert entry["id"] == TINY_VERSION and entry["parent"] is None
+    assert entry["permission"][0]["object"] == "model_permission"
+    assert httpx.get(f"{server_url}/v1/models", timeout=10).json()["data"][0]["permission"]
+    unknown = httpx.get(f"{server_url}/v1/models/gpt-4", timeout=10)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["type"] == "not_found" and unknown.json()["error"]["code"] == 404
+
+
+def test_score_and_score_batch_take_conversations_rendered_as_the_adapters_render_them(server_url, expected):
+    conversations = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        for q, a in zip(QUESTIONS, ANSWERS, strict=True)
+    ]
+    single = post(server_url, "/score", {"messages": conversations[0]}).json()
+    assert single["reward"] == pytest.approx(expected["rewards"][0], **APPROX)
+    mixed = [{"messages": conversations[1]}, {"prompt": HH_PROMPTS[2], "response": ANSWERS[2]}]
+    batch = post(server_url, "/score_batch", {"items": mixed}).json()
+    assert batch["rewards"] == pytest.approx(expected["rewards"][1:], **APPROX)
+
+
+def test_a_conversation_without_a_response_turn_is_refused_naming_the_item(server_url):
+    items = [{"prompt": HH_PROMPTS[0], "response": "x"}, {"messages": [{"role": "user", "content": "hi"}]}]
+    response = post(server_url, "/score_batch", {"items": items})
+    assert response.status_code == 422
+    assert "items.1.messages" in response.json()["error"]["message"]
