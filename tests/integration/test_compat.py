@@ -5,6 +5,7 @@ Every reward is checked against what /score_batch answers for the pair the templ
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import httpx
@@ -200,3 +201,32 @@ def test_a_conversation_without_a_response_turn_is_refused_naming_the_item(serve
     response = post(server_url, "/score_batch", {"items": items})
     assert response.status_code == 422
     assert "items.1.messages" in response.json()["error"]["message"]
+
+
+def test_get_reward_has_its_own_body_limit_sized_for_a_rollout(server_url):
+    """5 MiB: over max_body_bytes (4 MiB), so /score_batch answers 413; /get_reward reads it (and then
+    refuses the texts for what they are)."""
+    texts = ["x" * 20_000] * 262
+    big_query = httpx.post(f"{server_url}/get_reward", json={"query": texts}, timeout=120)
+    assert big_query.status_code == 422 and big_query.json()["error"]["type"] == "validation_error"
+    items = [{"prompt": "p", "response": text} for text in texts]
+    assert httpx.post(f"{server_url}/score_batch", json={"items": items}, timeout=120).status_code == 413
+
+
+def test_a_full_queue_answers_trainer_routes_with_503_and_retry_after(tiny_model_store, server_factory):
+    """verl never retries a 4xx: a trainer route that cannot queue says 503 (retried), not 429."""
+    env = {"REWARD_QUEUE_SIZE": "4", "REWARD_MAX_WAIT_MS": "200", "REWARD_MAX_BATCH_SIZE": "64"}
+
+    async def flood(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=60, limits=httpx.Limits(max_connections=64)
+        ) as client:
+            return await asyncio.gather(
+                *(client.post("/classify", json={"input": QUERIES[:2]}) for _ in range(64))
+            )
+
+    with server_factory(tiny_model_store, env=env) as server:
+        responses = asyncio.run(flood(server.url))
+    refused = [r for r in responses if r.status_code != 200]
+    assert refused and {r.status_code for r in refused} == {503}
+    assert all(r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "overloaded" for r in refused)
