@@ -6,7 +6,8 @@ factor K, single samples arrive open loop at K x S per second for --duration-s, 
 trainer's own pattern (app/adapters/callers.py: OpenRLHF 5 tries at 1 s on /get_reward; verl 16 tries with
 backoff, no retry of a 4xx, on /classify). Recorded per factor: samples rewarded and lost, the statuses
 seen, p50/p99 latency from the scheduled arrival to the reward (retries included), the time to drain
-(last answer after the last arrival), the server's peak RSS and the peak queue depth (/metrics).
+(from the end of the arrival window to the last answer; negative when all were answered before it
+ended), the server's peak RSS and the peak queue depth (/metrics).
 
     python scripts/trainer_load.py --model-store model_store --trainer openrlhf --out openrlhf.json
     python scripts/trainer_load.py --model-store model_store --trainer verl --factors 1 4 10
