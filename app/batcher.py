@@ -63,6 +63,21 @@ class BatchPolicy:
             raise ValueError(f"max_wait_s and max_queue_wait_s must be >= 0: {self}")
 
 
+@dataclass(frozen=True)
+class AdmissionPolicy:
+    """How one call is admitted when the server is busy; None fields keep the BatchPolicy's values.
+
+    Callers that honour Retry-After are refused fast; callers that cannot back off (trainers with fixed
+    retries) are held in the queue for longer and refused with an error they do retry."""
+
+    max_queue_wait_s: float | None = None  # refuse when the expected queue wait is longer (0 = no limit)
+    overload_error: type[Overloaded] = Overloaded  # raised on refusal; the API layer maps it to a status
+    holds: bool = False  # wait for a tokenizer thread rather than be refused when many requests wait
+
+
+FAST_REFUSAL = AdmissionPolicy()  # the BatchPolicy's limits, refused with Overloaded
+
+
 @dataclass
 class WorkItem:
     payload: Any
@@ -159,18 +174,22 @@ class MicroBatcher:
             self._arrived.set()  # submitted or given up: the worker need not wait for it any longer
 
     def submit(
-        self, payloads: Sequence[Any], lengths: Sequence[int], group: Hashable
+        self,
+        payloads: Sequence[Any],
+        lengths: Sequence[int],
+        group: Hashable,
+        admission: AdmissionPolicy = FAST_REFUSAL,
     ) -> list[asyncio.Future]:
         """Queue all payloads or none: Overloaded when they do not fit, so a request is never half-queued."""
         if not self._fits(lengths):
             self._drop_abandoned()
         if not self._fits(lengths):
-            raise Overloaded(
+            raise admission.overload_error(
                 f"queue full ({len(self._pending)} of {self.policy.queue_size} items, "
                 f"{self._queued_tokens} of {self.policy.max_queue_tokens} tokens pending); retry later",
                 retry_after=self.policy.retry_after_s,
             )
-        self.check_admission()
+        self.check_admission(admission)
         loop = asyncio.get_running_loop()
         items = [WorkItem(p, n, group, loop.create_future()) for p, n in zip(payloads, lengths, strict=True)]
         self._pending.extend(items)
@@ -178,9 +197,15 @@ class MicroBatcher:
         self._arrived.set()
         return [item.future for item in items]
 
-    async def run(self, payloads: Sequence[Any], lengths: Sequence[int], group: Hashable) -> list[Any]:
+    async def run(
+        self,
+        payloads: Sequence[Any],
+        lengths: Sequence[int],
+        group: Hashable,
+        admission: AdmissionPolicy = FAST_REFUSAL,
+    ) -> list[Any]:
         """Submit and await every result, in input order. If the caller goes away, its items are dropped."""
-        futures = self.submit(payloads, lengths, group)
+        futures = self.submit(payloads, lengths, group, admission)
         try:
             return list(await asyncio.gather(*futures))
         except BaseException:
@@ -205,14 +230,17 @@ class MicroBatcher:
             return 0.0
         return self.backlog / self.tokens_per_s
 
-    def check_admission(self) -> None:
-        """Overloaded when new work would wait longer than `max_queue_wait_s`: callers ask before they
-        spend anything on a request (tokenization), and submit asks again."""
+    def check_admission(self, admission: AdmissionPolicy = FAST_REFUSAL) -> None:
+        """Refuse (with the admission's error) when new work would wait longer than its queue-wait limit:
+        callers ask before they spend anything on a request (tokenization), and submit asks again."""
         # a count bound alone lets a slow model queue minutes of work: bound the wait itself. A request's
         # own items do not count, so an idle server admits any request within max_items.
-        wait, limit = self.expected_wait_s(), self.policy.max_queue_wait_s
+        wait = self.expected_wait_s()
+        limit = admission.max_queue_wait_s
+        if limit is None:
+            limit = self.policy.max_queue_wait_s
         if limit and wait > limit:
-            raise Overloaded(
+            raise admission.overload_error(
                 f"expected queue wait {wait:.1f} s exceeds max_queue_wait_s {limit:g} s; retry later",
                 retry_after=self.policy.retry_after_s,
             )

@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(1, ge=1)  # Retry-After advertised with 429 and 503 answers
     max_queue_wait_s: float = Field(10.0, ge=0.0)  # 429 when the queued tokens need longer; 0 = off
 
+    # --- trainer routes (/get_reward, /classify, /v1/classify, /v1/embeddings) ---
+    # Their callers retry at a fixed pace or never on a 4xx, so they wait in the queue instead of a fast 429:
+    # OpenRLHF gives a request 180 s, verl retries server errors with backoff up to 16 times.
+    trainer_max_queue_wait_s: float = Field(150.0, ge=0.0)  # 503 + Retry-After beyond this wait; 0 = off
+    trainer_request_timeout_s: float = Field(170.0, gt=0.0)  # 504 after this; below OpenRLHF's 180 s
+    get_reward_max_items: int = Field(4096, ge=1)  # queries in one /get_reward (whole rollout); <= queue_size
+    get_reward_max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # body size of /get_reward
+
     # --- input limits ---
     max_items: int = Field(256, ge=1)  # items in one /score_batch request
     max_text_chars: int = Field(20000, ge=1)  # characters in one prompt or response

@@ -28,6 +28,10 @@ class Overloaded(RewardServiceError):
         self.retry_after = retry_after
 
 
+class ServerBusy(Overloaded):
+    """Overloaded, told to a caller that retries server errors but never a 4xx (a trainer's fixed loop)."""
+
+
 class NotReady(RewardServiceError):
     """No model is loaded and warmed up yet (or it cannot serve)."""
 

@@ -182,7 +182,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.add_middleware(UnexpectedErrorMiddleware)  # innermost: an unexpected error ends as a 500 here
     app.add_middleware(CanonicalPathMiddleware)  # before routing sees the decoded path
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        route_max_bytes={"/get_reward": settings.get_reward_max_body_bytes},
+    )
     app.add_middleware(HardeningMiddleware, body_timeout_s=settings.body_timeout_s)  # needs the request id
     app.add_middleware(RequestIdMiddleware)  # even a 413 carries the request id
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: times and counts all

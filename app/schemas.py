@@ -1,14 +1,25 @@
 """Request, response and error models of the HTTP API. Descriptions feed the OpenAPI page.
 
 Static rules live here (types, ranges, modes); limits that come from settings (text length, item count)
-are checked by the service, which reports them in the same error shape.
+are checked by the service, which reports them in the same error shape. Conversations (OpenAI-style
+message lists) become pairs with app.templating, as the trainer adapters' conversations do.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from app.templating import split_conversation
 
 NormalizeMode = Literal["none", "batch", "running"]
 NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -65,16 +76,96 @@ class ScoreOptions(StrictModel):
         return self
 
 
+class ChatMessage(BaseModel):
+    # OpenAI messages carry more (name, tool_calls, tool_call_id): ignored, they are not scored
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    role: str = Field(description="system, user, assistant (or human, model, gpt).")
+    content: str | list[dict[str, Any]] | None = Field(
+        None, description="Text, or a list of {'type': 'text', 'text': ...} parts; null counts as empty."
+    )
+
+
+CHAT_MESSAGES = TypeAdapter(list[ChatMessage])
+CONVERSATION_HELP = (
+    "an OpenAI-style conversation ending with the assistant's response: the trailing assistant messages "
+    "are the response, the turns before them the prompt (rendered as '\\n\\nHuman: ...\\n\\nAssistant:', "
+    "as the trainer adapters render conversations)"
+)
+
+
+def pair_of_messages(messages: list[ChatMessage]) -> Pair:
+    """The pair a conversation means; ValueError when it has no prompt to score."""
+    split = split_conversation([m.model_dump() for m in messages])
+    if not split.prompt:
+        raise ValueError(
+            "a conversation needs a user turn, then the assistant's response as its last message"
+        )
+    return Pair(prompt=split.prompt, response=split.response)
+
+
+def pair_fields_of(conversation: Any) -> dict[str, str]:
+    """{"prompt", "response"} of a raw `messages` value, checked here so that its errors read plainly."""
+    try:
+        messages = CHAT_MESSAGES.validate_python(conversation)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ValueError(
+            f"messages.{where}: {first['msg']}" if where else f"messages: {first['msg']}"
+        ) from None
+    try:
+        return pair_of_messages(messages).model_dump()
+    except ValueError as exc:
+        raise ValueError(f"messages: {exc}") from None
+
+
 class ScoreRequest(ScoreOptions, Pair):
+    messages: list[ChatMessage] | None = Field(
+        None, description="Instead of prompt and response: " + CONVERSATION_HELP + "."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def render_conversation(cls, data: Any) -> Any:
+        # a conversation becomes prompt and response before the fields are checked, so the checks and
+        # their error locations are those of the pair form
+        if isinstance(data, dict) and data.get("messages") is not None:
+            if "prompt" in data or "response" in data:
+                raise ValueError("send either prompt and response, or messages, not both")
+            return {**data, **pair_fields_of(data["messages"])}
+        return data
+
     def pairs(self) -> list[Pair]:
         return [Pair(prompt=self.prompt, response=self.response)]
 
 
 class ScoreBatchRequest(ScoreOptions):
-    items: list[Pair] = Field(min_length=1, description="Pairs to score, returned in the same order.")
+    items: list[Pair] = Field(
+        min_length=1,
+        description="Pairs to score, returned in the same order. An item may instead be a conversation "
+        "{'messages': [...]}: " + CONVERSATION_HELP + ".",
+    )
+
+    @field_validator("items", mode="before")
+    @classmethod
+    def render_conversations(cls, items: Any) -> Any:
+        if not isinstance(items, list):
+            return items
+        return [render_item(item, index) for index, item in enumerate(items)]
 
     def pairs(self) -> list[Pair]:
         return self.items
+
+
+def render_item(item: Any, index: int) -> Any:
+    """A {"messages": [...]} item -> its {"prompt", "response"}; any other item is left to the Pair checks."""
+    if not (isinstance(item, dict) and set(item) == {"messages"}):
+        return item
+    try:
+        return pair_fields_of(item["messages"])
+    except ValueError as exc:
+        raise ValueError(f"items.{index}.{exc}") from None
 
 
 class HeuristicParts(BaseModel):
@@ -150,6 +241,8 @@ class ErrorBody(BaseModel):
     type: str = Field(description="validation_error, payload_too_large, overloaded, not_ready, ...")
     message: str
     details: list[dict] = Field(default_factory=list, description="Fields at fault and their limits.")
+    code: int | None = Field(None, description="The HTTP status (OpenAI-style clients read it).")
+    param: str | None = Field(None, description="The first field at fault, dotted ('items.0.prompt').")
 
 
 class ErrorResponse(BaseModel):

@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from app.backends import EncodeError
-from app.batcher import MicroBatcher
-from app.errors import InferenceError, InvalidInput, NotReady, Overloaded
+from app.batcher import FAST_REFUSAL, AdmissionPolicy, MicroBatcher
+from app.errors import InferenceError, InvalidInput, NotReady
 from app.heuristics import DEFAULT_TOXIC_KEYWORDS, HeuristicConfig, HeuristicScore, heuristic_score
 from app.metrics import ServiceMetrics
 from app.normalize import RunningStats, batch_zscore, clip, hybrid, mixing_weights
@@ -158,9 +158,17 @@ class Admission:
         self.pending = 0
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tokenize")
 
-    async def encode(self, version: LoadedVersion, pairs: Sequence[Pair], batch: bool) -> list[PairPayload]:
-        if self.pending >= self.max_pending:
-            raise Overloaded(
+    async def encode(
+        self,
+        version: LoadedVersion,
+        pairs: Sequence[Pair],
+        batch: bool,
+        policy: AdmissionPolicy = FAST_REFUSAL,
+    ) -> list[PairPayload]:
+        """Exact ids and heuristics of a request's items; callers that cannot back off (`policy.holds`)
+        wait for a tokenizer thread instead of being refused when many requests are waiting."""
+        if self.pending >= self.max_pending and not policy.holds:
+            raise policy.overload_error(
                 f"{self.pending} requests are waiting to be tokenized; retry later",
                 retry_after=self.retry_after_s,
             )
@@ -181,16 +189,16 @@ def text_loc(index: int, name: str, batch: bool) -> list:
     return ["body", "items", index, name] if batch else ["body", name]
 
 
-def check_limits(pairs: Sequence[Pair], defaults: ScoringDefaults, batch: bool) -> None:
+def check_limits(pairs: Sequence[Pair], defaults: ScoringDefaults, batch: bool, max_items: int) -> None:
     """Refuse too many items or too long texts, naming each field at fault and the limit."""
-    if len(pairs) > defaults.max_items:
+    if len(pairs) > max_items:
         raise InvalidInput(
-            f"too many items: {len(pairs)} > max_items {defaults.max_items}",
+            f"too many items: {len(pairs)} > max_items {max_items}",
             [
                 {
                     "loc": ["body", "items"],
                     "msg": "too many items",
-                    "limit": defaults.max_items,
+                    "limit": max_items,
                     "got": len(pairs),
                 }
             ],
@@ -242,15 +250,24 @@ class ScoringService:
             raise NotReady(f"the model cannot serve: its last {failures} batches failed (see the server log)")
         return version
 
-    async def score(self, pairs: Sequence[Pair], options: ScoreOptions, batch: bool) -> ScoreBatchResponse:
-        """Score pairs with one model version; `batch` says whether they came as /score_batch items."""
-        check_limits(pairs, self.defaults, batch)
+    async def score(
+        self,
+        pairs: Sequence[Pair],
+        options: ScoreOptions,
+        batch: bool,
+        policy: AdmissionPolicy = FAST_REFUSAL,
+        max_items: int | None = None,
+    ) -> ScoreBatchResponse:
+        """Score pairs with one model version; `batch` says whether they came as /score_batch items.
+        Per route: `policy` says how a busy server admits them (trainers that cannot back off wait),
+        `max_items` replaces the default item limit (a whole rollout in one request)."""
+        check_limits(pairs, self.defaults, batch, max_items or self.defaults.max_items)
         version = self.live_version()  # captured once: every item of this request uses it
-        self.batcher.check_admission()  # refused before anything is spent on it when the queue is long
+        self.batcher.check_admission(policy)  # refused before anything is spent on it when the queue is long
         with self.batcher.incoming():  # the batcher waits for these items rather than start without them
-            payloads = await self.admission.encode(version, pairs, batch)
+            payloads = await self.admission.encode(version, pairs, batch, policy)
         lengths = [len(p.ids) for p in payloads]
-        parts: list[ItemParts] = await self.batcher.run(payloads, lengths, group=id(version))
+        parts: list[ItemParts] = await self.batcher.run(payloads, lengths, id(version), policy)
         return self._finish(parts, options, version.version, sum(lengths))
 
     def _finish(

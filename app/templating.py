@@ -84,20 +84,51 @@ def strip_markers(text: str) -> str:
 
 
 def message_text(content: Any) -> str:
-    """A message's content as text: a string, or the text parts of a list of {"type", "text"} parts."""
+    """A message's content as text: a string, the text parts of a list of {"type", "text"} parts, or ""
+    for no content (an assistant turn that only calls tools has `content: None`)."""
+    if content is None:
+        return ""
     if isinstance(content, str):
         return content
     if isinstance(content, Sequence):
-        return "".join(part.get("text", "") for part in content if isinstance(part, Mapping))
+        return "".join(str(part.get("text") or "") for part in content if isinstance(part, Mapping))
     return str(content)
 
 
 def render_messages(messages: Sequence[Mapping[str, Any]]) -> str:
     """A conversation [{"role", "content"}, ...] as an HH prompt ending with "\\n\\nAssistant:"."""
-    turns = [
-        (str(m.get("role", "user")), strip_markers(message_text(m.get("content", "")))) for m in messages
-    ]
+    turns = [(str(m.get("role") or "user"), strip_markers(message_text(m.get("content")))) for m in messages]
     return _render_turns(turns)
+
+
+def completion_text(completion: str | Sequence[Mapping[str, Any]]) -> str:
+    """A completion's text: the string itself, or the content of its assistant messages."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(message_text(m.get("content")) for m in completion if _is_assistant(m))
+
+
+def conversation_pair(
+    prompt: Sequence[Mapping[str, Any]], completion: str | Sequence[Mapping[str, Any]]
+) -> TextPair:
+    """The scored pair of a conversation and its completion: the prompt rendered HH-style, the response
+    as the completion's text without template markers."""
+    return TextPair(render_messages(prompt), strip_markers(completion_text(completion)))
+
+
+def split_conversation(messages: Sequence[Mapping[str, Any]]) -> TextPair:
+    """A whole conversation -> its pair: the trailing assistant messages are the response, the turns
+    before them the prompt. With no trailing assistant message the prompt is "" (nothing to score)."""
+    cut = len(messages)
+    while cut > 0 and _is_assistant(messages[cut - 1]):
+        cut -= 1
+    if cut == len(messages) or cut == 0:
+        return TextPair("", completion_text(messages[cut:]))
+    return conversation_pair(messages[:cut], messages[cut:])
+
+
+def _is_assistant(message: Mapping[str, Any]) -> bool:
+    return (message.get("role") or "assistant") == "assistant"
 
 
 def _render_turns(turns: Sequence[tuple[str, str]]) -> str:

@@ -9,26 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from app.templating import TextPair, message_text, render_messages, split_templated, strip_markers
+from app.templating import TextPair, completion_text, conversation_pair, split_templated
 
 Prompt = str | Sequence[Mapping[str, Any]]
 
 
-def completion_text(completion: str | Sequence[Mapping[str, Any]]) -> str:
-    """A completion's text: the string itself, or the content of its assistant messages."""
-    if isinstance(completion, str):
-        return completion
-    return "".join(
-        message_text(m.get("content", "")) for m in completion if m.get("role", "assistant") == "assistant"
-    )
-
-
 def to_pair(prompt: Prompt, completion: str | Sequence[Mapping[str, Any]]) -> TextPair:
-    """The scored pair: templated text split as app.templating describes, conversations rendered HH-style."""
-    response = completion_text(completion)
+    """The scored pair: templated text split as app.templating describes, conversations rendered HH-style
+    (by the same function the service's conversation form uses)."""
     if isinstance(prompt, str):
-        return split_templated(prompt + response, prompt=prompt)
-    return TextPair(render_messages(prompt), strip_markers(response))
+        return split_templated(prompt + completion_text(completion), prompt=prompt)
+    return conversation_pair(prompt, completion)
 
 
 def to_pairs(prompts: Sequence[Prompt], completions: Sequence[Any]) -> tuple[list[str], list[str]]:

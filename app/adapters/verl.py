@@ -1,16 +1,20 @@
 """verl custom reward function backed by the reward service.
 
-Point verl at this file and configure the service with environment variables:
+verl's reward loop (the default in 0.8, the only path in 0.9.1) scores one sample at a time with its
+`naive` reward manager, which calls `compute_score(data_source=, solution_str=, ground_truth=,
+extra_info=)` from a thread, many at once. Point verl at this file and configure the service with
+environment variables (verl 0.9.1 keys; 0.8 has them without the `reward.` prefix):
 
     REWARD_SERVICE_URL=http://rm-0:8000,http://rm-1:8000 REWARD_SERVICE_NAMESPACE=run-7 \
-    python -m verl.trainer.main_ppo custom_reward_function.path=app/adapters/verl.py \
-        custom_reward_function.name=compute_score ...
+    python -m verl.trainer.main_ppo reward.custom_reward_function.path=app/adapters/verl.py \
+        reward.custom_reward_function.name=compute_score ...
 
-or with `reward_model.reward_manager=batch custom_reward_function.name=compute_score_batch` to score a
-whole batch in a few requests. Options may also come from `custom_reward_function.reward_kwargs`
-(namespace, alpha, beta, normalize, clip, url), which win over the environment. verl passes only the
-decoded response, so the prompt is read from the sample's `extra_info` ("prompt", else "question"):
-put it there when preparing the dataset. A failure raises: verl has no way to skip a reward.
+Options may also come from `custom_reward_function.reward_kwargs` (namespace, alpha, beta, normalize,
+clip, url), which win over the environment; they are not in verl's config schema, so Hydra needs a `+`:
+`+reward.custom_reward_function.reward_kwargs.namespace=run-7`. verl passes only the decoded response, so
+the prompt is read from the sample's `extra_info` ("prompt", else "question"): put it there when preparing
+the dataset. A failure raises: verl has no way to skip a reward. `compute_score_batch` serves verl's
+legacy `batch` reward manager (verl < 0.8, outside the reward loop).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ def compute_score_batch(
     extra_infos: Sequence[Mapping | None],
     **kwargs: Any,
 ) -> list[float]:
-    """Rewards of a batch in input order (verl's `batch` reward manager calls this)."""
+    """Rewards of a batch in input order (the legacy `batch` reward manager of verl < 0.8 calls this)."""
     prompts = [prompt_of(info, index) for index, info in enumerate(extra_infos)]
     rewards = client_for(**{k: kwargs.get(k) for k in ("url", *CLIENT_KWARGS)}).score_batch(
         *to_pairs(prompts, solution_strs)

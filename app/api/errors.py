@@ -1,4 +1,7 @@
-"""Every error, from every endpoint, in one JSON shape: {"error": {"type", "message", "details"}}.
+"""Every error, from every endpoint, in one JSON shape: {"error": {"type", "message", "details", "code",
+"param"}}. `code` (the HTTP status) and `param` (the first field at fault, dotted, or null) are what
+OpenAI-style clients read. At most MAX_DETAILS details are sent, so an error body stays small whatever
+the request.
 
 The one place that maps domain errors to HTTP status codes.
 """
@@ -21,6 +24,7 @@ log = logging.getLogger(__name__)
 # domain error -> (status, type); subclasses before their bases
 DOMAIN_ERRORS: list[tuple[type[errors.RewardServiceError], int, str]] = [
     (errors.InvalidInput, 422, "validation_error"),
+    (errors.ServerBusy, 503, "overloaded"),
     (errors.Overloaded, 429, "overloaded"),
     (errors.NotReady, 503, "not_ready"),
     (errors.InferenceError, 500, "inference_error"),
@@ -36,11 +40,28 @@ HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "n
               415: "unsupported_media_type"}  # fmt: skip
 
 
+MAX_DETAILS = 20  # details in one error body; the message says how many there were
+
+
 def error_response(
     status: int, error_type: str, message: str, details: list | None = None, headers: dict | None = None
 ) -> JSONResponse:
-    body = {"error": {"type": error_type, "message": message, "details": jsonable_encoder(details or [])}}
+    details = details or []
+    if len(details) > MAX_DETAILS:
+        message = f"{message} ({len(details)} errors; the first {MAX_DETAILS} are in details)"
+    kept = jsonable_encoder(details[:MAX_DETAILS])
+    body = {"error": {"type": error_type, "message": message, "details": kept, "code": status,
+                      "param": param_of(kept)}}  # fmt: skip
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def param_of(details: list[dict]) -> str | None:
+    """The first field at fault, dotted without the 'body' prefix ("items.0.prompt"), as OpenAI's `param`."""
+    loc = next((d["loc"] for d in details if isinstance(d, dict) and d.get("loc")), None)
+    if not loc:
+        return None
+    path = loc[1:] if loc[0] == "body" and len(loc) > 1 else loc
+    return ".".join(str(part) for part in path)
 
 
 def status_of(exc: errors.RewardServiceError) -> tuple[int, str]:
@@ -123,7 +144,7 @@ ERROR_DESCRIPTIONS = {
     413: "Body larger than max_body_bytes",
     422: "Invalid input: details name the field and the limit",
     429: "Queue full: retry after Retry-After seconds",
-    503: "No model loaded yet: retry after Retry-After seconds",
+    503: "No model loaded yet, or (trainer routes) the queue stayed full: retry after Retry-After seconds",
     504: "Not scored within request_timeout_s",
 }
 

@@ -44,19 +44,23 @@ class RequestIdMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """Refuse bodies over `max_bytes` before parsing: by Content-Length at once, else while streaming."""
+    """Refuse bodies over the limit before parsing: by Content-Length at once, else while streaming.
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    The limit is `max_bytes`, or `route_max_bytes[path]` for a route with its own (a whole rollout)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, route_max_bytes: dict[str, int] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.route_max_bytes = route_max_bytes or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.route_max_bytes.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self.too_large()(scope, receive, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self.too_large(limit)(scope, receive, send)
             return
         received = 0
 
@@ -65,21 +69,23 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     # an HTTPException, because FastAPI turns other errors raised while reading into 400
-                    raise BodyTooLarge(self.message(), self.details())
+                    raise BodyTooLarge(self.message(limit), self.details(limit))
             return message
 
         await self.app(scope, counting_receive, send)
 
-    def message(self) -> str:
-        return f"request body larger than max_body_bytes {self.max_bytes}"
+    @staticmethod
+    def message(limit: int) -> str:
+        return f"request body larger than {limit} bytes (max_body_bytes, or the route's own limit)"
 
-    def details(self) -> list[dict]:
-        return [{"loc": ["body"], "msg": "body too large", "limit": self.max_bytes}]
+    @staticmethod
+    def details(limit: int) -> list[dict]:
+        return [{"loc": ["body"], "msg": "body too large", "limit": limit}]
 
-    def too_large(self) -> ASGIApp:
-        return error_response(413, "payload_too_large", self.message(), self.details())
+    def too_large(self, limit: int) -> ASGIApp:
+        return error_response(413, "payload_too_large", self.message(limit), self.details(limit))
 
 
 class CanonicalPathMiddleware:

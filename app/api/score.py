@@ -29,11 +29,12 @@ async def wait_for_disconnect(request: Request) -> None:
         pass
 
 
-async def run_while_connected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it (its queued items are then dropped) on disconnect or timeout."""
+async def run_while_connected(request: Request, work: Awaitable[T], timeout_s: float | None = None) -> T:
+    """Await `work`, cancelling it (its queued items are then dropped) on disconnect or after `timeout_s`
+    (default: the request_timeout_s setting)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(wait_for_disconnect(request))
-    timeout = get_settings(request).request_timeout_s
+    timeout = timeout_s or get_settings(request).request_timeout_s
     try:
         done, _ = await asyncio.wait({task, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -45,7 +46,7 @@ async def run_while_connected(request: Request, work: Awaitable[T]) -> T:
         await task
     if watcher in done:
         raise ClientGone
-    raise RequestTimeout(f"not scored within request_timeout_s ({timeout} s); the queue is too long")
+    raise RequestTimeout(f"not scored within the request timeout ({timeout:g} s); the queue is too long")
 
 
 @router.post("/score", response_model=ScoreResponse, summary="Score one (prompt, response) pair")

@@ -5,6 +5,7 @@ Every reward is checked against what /score_batch answers for the pair the templ
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import httpx
@@ -58,10 +59,12 @@ def test_trailing_eos_and_pad_markers_do_not_change_the_reward(server_url):
     )
 
 
-def test_openrlhf_empty_query_gets_empty_lists(server_url):
+def test_openrlhf_empty_query_gets_empty_lists_and_every_extra_logs_key(server_url):
+    """OpenRLHF sends an empty query to every URL beyond the number of samples, then reads the keys."""
     response = post(server_url, "/get_reward", {"query": [], "prompts": [], "labels": []})
     assert response.status_code == 200
-    assert response.json() == {"rewards": [], "scores": [], "extra_logs": {}}
+    empty_logs = {"model_reward": [], "heuristic_reward": []}
+    assert response.json() == {"rewards": [], "scores": [], "extra_logs": empty_logs}
 
 
 def test_a_query_that_cannot_be_split_is_refused_naming_it(server_url):
@@ -119,3 +122,111 @@ def test_models_lists_the_live_version(server_url):
     body = httpx.get(f"{server_url}/v1/models", timeout=10).json()
     assert body["object"] == "list"
     assert [model["id"] for model in body["data"]] == [TINY_VERSION]
+
+
+def test_openrlhf_whole_rollout_in_one_request_is_scored_past_max_items(server_url, expected):
+    """OpenRLHF <= 0.9.0 sends the whole rollout (here 512 > max_items 256) in one request."""
+    queries = QUERIES * 171  # 513 queries
+    body = post(server_url, "/get_reward", {"query": queries}).json()
+    assert body["rewards"] == pytest.approx(expected["rewards"] * 171, **APPROX)
+    assert len(body["extra_logs"]["model_reward"]) == len(body["extra_logs"]["heuristic_reward"]) == 513
+
+
+def test_a_huge_query_list_is_refused_before_splitting_with_a_small_body(server_url):
+    response = post(server_url, "/get_reward", {"query": [""] * 500_000})
+    assert response.status_code == 422
+    assert len(response.content) < 1000
+    error = response.json()["error"]
+    assert error["details"] == [
+        {"loc": ["body", "query"], "msg": "too many items", "limit": 4096, "got": 500_000}
+    ]
+    assert error["code"] == 422 and error["param"] == "query"
+
+
+def test_many_unsplittable_queries_give_a_bounded_error_body(server_url):
+    response = post(server_url, "/get_reward", {"query": ["no template here"] * 3000})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert len(error["details"]) == 20 and "3000 errors" in error["message"]
+    assert len(response.content) < 10_000
+
+
+def test_classify_takes_vllm_chat_form_messages(server_url, expected):
+    messages = [{"role": "user", "content": QUESTIONS[2]}, {"role": "assistant", "content": ANSWERS[2]}]
+    body = post(server_url, "/classify", {"model": "m", "messages": messages, "use_activation": False}).json()
+    assert [item["probs"][-1] for item in body["data"]] == pytest.approx([expected["rewards"][2]], **APPROX)
+
+
+@pytest.mark.parametrize("ids", [[1, 2, 3], [[1, 2], [3, 4]]])
+def test_classify_refuses_token_ids_saying_why(server_url, ids):
+    response = post(server_url, "/classify", {"model": "m", "input": ids})
+    assert response.status_code == 422
+    assert "policy's vocabulary" in response.json()["error"]["message"]
+
+
+def test_embeddings_give_the_reward_where_verl_reads_it_from_sglang(server_url, expected):
+    """verl's SGLang reward path: output["data"][-1]["embedding"][-1] is the reward."""
+    for index, query in enumerate(QUERIES):
+        body = post(server_url, "/v1/embeddings", {"model": "m", "input": query}).json()
+        assert body["data"][-1]["embedding"][-1] == pytest.approx(expected["rewards"][index], **APPROX)
+        assert body["object"] == "list" and body["data"][-1]["object"] == "embedding"
+
+
+def test_models_retrieve_the_live_version_and_404_for_others(server_url):
+    live = httpx.get(f"{server_url}/v1/models/{TINY_VERSION}", timeout=10)
+    assert live.status_code == 200
+    entry = live.json()
+    assert entry["id"] == TINY_VERSION and entry["parent"] is None
+    assert entry["permission"][0]["object"] == "model_permission"
+    assert httpx.get(f"{server_url}/v1/models", timeout=10).json()["data"][0]["permission"]
+    unknown = httpx.get(f"{server_url}/v1/models/gpt-4", timeout=10)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["type"] == "not_found" and unknown.json()["error"]["code"] == 404
+
+
+def test_score_and_score_batch_take_conversations_rendered_as_the_adapters_render_them(server_url, expected):
+    conversations = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        for q, a in zip(QUESTIONS, ANSWERS, strict=True)
+    ]
+    single = post(server_url, "/score", {"messages": conversations[0]}).json()
+    assert single["reward"] == pytest.approx(expected["rewards"][0], **APPROX)
+    mixed = [{"messages": conversations[1]}, {"prompt": HH_PROMPTS[2], "response": ANSWERS[2]}]
+    batch = post(server_url, "/score_batch", {"items": mixed}).json()
+    assert batch["rewards"] == pytest.approx(expected["rewards"][1:], **APPROX)
+
+
+def test_a_conversation_without_a_response_turn_is_refused_naming_the_item(server_url):
+    items = [{"prompt": HH_PROMPTS[0], "response": "x"}, {"messages": [{"role": "user", "content": "hi"}]}]
+    response = post(server_url, "/score_batch", {"items": items})
+    assert response.status_code == 422
+    assert "items.1.messages" in response.json()["error"]["message"]
+
+
+def test_get_reward_has_its_own_body_limit_sized_for_a_rollout(server_url):
+    """5 MiB: over max_body_bytes (4 MiB), so /score_batch answers 413; /get_reward reads it (and then
+    refuses the texts for what they are)."""
+    texts = ["x" * 20_000] * 262
+    big_query = httpx.post(f"{server_url}/get_reward", json={"query": texts}, timeout=120)
+    assert big_query.status_code == 422 and big_query.json()["error"]["type"] == "validation_error"
+    items = [{"prompt": "p", "response": text} for text in texts]
+    assert httpx.post(f"{server_url}/score_batch", json={"items": items}, timeout=120).status_code == 413
+
+
+def test_a_full_queue_answers_trainer_routes_with_503_and_retry_after(tiny_model_store, server_factory):
+    """verl never retries a 4xx: a trainer route that cannot queue says 503 (retried), not 429."""
+    env = {"REWARD_QUEUE_SIZE": "4", "REWARD_MAX_WAIT_MS": "200", "REWARD_MAX_BATCH_SIZE": "64"}
+
+    async def flood(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=60, limits=httpx.Limits(max_connections=64)
+        ) as client:
+            return await asyncio.gather(
+                *(client.post("/classify", json={"input": QUERIES[:2]}) for _ in range(64))
+            )
+
+    with server_factory(tiny_model_store, env=env) as server:
+        responses = asyncio.run(flood(server.url))
+    refused = [r for r in responses if r.status_code != 200]
+    assert refused and {r.status_code for r in refused} == {503}
+    assert all(r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "overloaded" for r in refused)

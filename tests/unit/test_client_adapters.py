@@ -46,3 +46,14 @@ def test_verl_reads_the_prompt_from_extra_info_and_says_how_to_fix_a_missing_one
     assert prompt_of({"prompt": "p", "question": "q"}, 0) == "p"
     with pytest.raises(ValueError, match="sample 3: no prompt in extra_info"):
         prompt_of({"answer": "4"}, 3)
+
+
+def test_a_completion_message_with_no_content_counts_as_empty_text():
+    """A tool-call-only assistant turn has `content: None`: it adds no text (not the word "None")."""
+    prompt = [{"role": "user", "content": "What is 2+2?"}]
+    tool_call = {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}
+    assert to_pair(prompt, [tool_call]) == TextPair(HH_PROMPT, "")
+    assert to_pair(prompt, [tool_call, {"role": "assistant", "content": "It is 4."}]) == TextPair(
+        HH_PROMPT, "It is 4."
+    )
+    assert to_pair([*prompt, {"role": "assistant", "content": None}], "x") == TextPair(HH_PROMPT, "x")

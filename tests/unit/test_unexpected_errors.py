@@ -39,7 +39,8 @@ def test_an_unexpected_error_is_a_json_500_that_the_server_never_sees(
     responses = asyncio.run(call_bug_three_times())  # raise_app_exceptions: a re-raise would fail here
     assert [r.status_code for r in responses] == [500, 500, 500]
     assert responses[0].json()["error"] == {
-        "type": "internal_error", "message": "internal error; see the server log", "details": []
+        "type": "internal_error", "message": "internal error; see the server log", "details": [],
+        "code": 500, "param": None,
     }  # fmt: skip
     assert "connection" not in responses[0].headers
     records = [r for r in caplog.records if "unhandled ValueError on /bug" in r.getMessage()]
