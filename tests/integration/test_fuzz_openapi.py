@@ -48,7 +48,7 @@ def test_no_request_gets_a_5xx_and_every_error_has_the_one_shape(case: schemathe
     where = f"{case.method} {case.path}"
     assert response.status_code < 500, f"{where}: {response.status_code} {response.text[:300]}"
     assert response.headers.get("x-request-id")
-    if response.status_code >= 400:
+    if response.status_code >= 400 and case.method != "HEAD":  # a HEAD answer has no body to check
         body = response.json()
         assert set(body) == {"error"}, body
         assert isinstance(body["error"]["type"], str) and body["error"]["type"]
