@@ -74,14 +74,12 @@ def test_openrlhf_one_sample_per_request_flood_loses_no_reward(
     assert refused_fast, "with these limits /score sheds (429/504): the trainer route did not use them"
 
 
-@pytest.mark.parametrize("engine", ["vllm", "sglang"])
-def test_verl_reward_loop_flood_loses_no_reward(
-    tiny_model_store: Path, server_factory: Callable, busy_cpu: None, engine: str
+def test_verl_reward_loop_flood_on_classify_loses_no_reward(
+    tiny_model_store: Path, server_factory: Callable, busy_cpu: None
 ) -> None:
+    """verl's vLLM path; its SGLang path (/v1/embeddings) shares the trainer admission (test_compat.py)."""
     with server_factory(tiny_model_store, env=TIGHT_FAST_LIMITS) as server:
-        records = asyncio.run(
-            flood(server.url, lambda client, i: verl_reward(client, server.url, query(i), engine))
-        )
+        records = asyncio.run(flood(server.url, lambda client, i: verl_reward(client, server.url, query(i))))
     assert_every_sample_rewarded(records)
 
 
