@@ -32,7 +32,8 @@ from app.training.frozen import UpperLayers, cached_lower_states, pad_states, up
 from app.training.losses import bradley_terry_loss, centering_penalty, length_correlation_penalty
 from app.training.pairs import TRAIN, VALIDATION, PreferencePair, fingerprint, read_pairs
 from app.training.plots import plot_training_curves
-from app.training.scoring import rewards_for_ids
+from app.training.refusal import refusal_check
+from app.training.scoring import rewards_for_ids, score_responses
 
 SCRATCH = "scratch"
 
@@ -486,6 +487,16 @@ def fit(run: Run) -> tuple[dict[str, list[float]], int]:
     return curves, best_epoch
 
 
+def validation_refusal_check(run: Run, final: Validation) -> dict[str, dict]:
+    """The refusal check (app/training/refusal.py) on the validation pairs, with the published weights."""
+
+    def score(prompts: list[str], responses: list[str]):
+        return score_responses(run.model, run.tokenizer, prompts, responses).numpy()
+
+    chosen, rejected = final.chosen.numpy(), final.rejected.numpy()
+    return refusal_check(run.valid_data.pairs, chosen, rejected, score)
+
+
 def _train(cfg: TrainConfig, dist: Distributed) -> Path | None:
     started = time.monotonic()
     run = setup_run(cfg, dist)
@@ -502,6 +513,7 @@ def _train(cfg: TrainConfig, dist: Distributed) -> Path | None:
         "world_size": dist.world_size,
     }
     train_pairs, valid_pairs = run.train_data.pairs, run.valid_data.pairs
+    extra["refusal_check"] = validation_refusal_check(run, final)
     metrics = build_metrics(final, curves, train_pairs, valid_pairs, extra)
     manifest_extra = {
         "training_args": asdict(cfg),

@@ -9,6 +9,7 @@ import torch
 
 from app.store import load_version, read_current, verify_version
 from app.training.pairs import TRAIN, PreferencePair, fingerprint, read_pairs, write_pairs
+from app.training.refusal import REFUSALS
 from app.training.scoring import score_responses
 from app.training.trainer import TrainConfig, main, pair_weights, parse_source_weights
 
@@ -46,6 +47,22 @@ def test_a_tiny_run_learns_a_separable_task(separable_file: Path, tmp_path: Path
     )
     assert metrics["reward_mean"] == pytest.approx(rewards.mean().item(), abs=1e-5)
     assert metrics["reward_std"] == pytest.approx(rewards.std().item(), abs=1e-5)
+    # the refusal check on validation, with the published weights too
+    polite = [p for p in valid if p.source == "polite"]
+    refusals = score_responses(
+        loaded.model,
+        loaded.tokenizer,
+        [p.prompt for p in polite for _ in REFUSALS],
+        list(REFUSALS) * len(polite),
+    ).reshape(len(polite), len(REFUSALS))
+    chosen = score_responses(
+        loaded.model, loaded.tokenizer, [p.prompt for p in polite], [p.chosen for p in polite]
+    )
+    check = metrics["refusal_check"]
+    assert set(check) == {"all", "other", "polite"} and check["polite"]["n"] == len(polite)
+    assert check["polite"]["beats_refusal"] == pytest.approx(
+        (chosen[:, None] > refusals).float().mean().item()
+    )
 
 
 def test_the_artifact_records_how_it_was_made(separable_file: Path, tmp_path: Path) -> None:
