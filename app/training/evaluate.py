@@ -178,20 +178,22 @@ def evaluate_file(version: LoadedVersion, path: str, split: str | None, heuristi
 
 
 def format_table(report: dict) -> str:
-    columns = (
-        "model",
-        "heuristic",
-        "hybrid",
-        "shorter_wins",
-        "longer_wins",
-        "length_matched",
-        "chosen_shorter",
-        "beats_empty",
-        "beats_refusal",
-        "refusal_beats_rejected",
-    )
+    columns = {  # accuracy key: column heading (11 characters at most)
+        "model": "model",
+        "heuristic": "heuristic",
+        "hybrid": "hybrid",
+        "shorter_wins": "shorter_win",
+        "longer_wins": "longer_wins",
+        "length_matched": "len_matched",
+        "chosen_shorter": "chosen_shrt",
+        "beats_empty": "beats_empty",
+        "beats_refusal": "beats_refus",
+        "refusal_beats_rejected": "refus>rejct",
+    }
     header = (
-        f"{'file / group':<44} {'n':>6} " + " ".join(f"{c[:11]:>11}" for c in columns) + f" {'len corr':>9}"
+        f"{'file / group':<44} {'n':>6} "
+        + " ".join(f"{c:>11}" for c in columns.values())
+        + f" {'len corr':>9}"
     )
     lines = [header, "-" * len(header)]
     cell = lambda v: f"{v:>11.3f}" if v is not None else f"{'-':>11}"  # noqa: E731
