@@ -61,7 +61,8 @@ class TrainConfig:
     vocab_size: int = 16000  # BPE vocabulary trained on the training texts (scratch only)
     freeze_layers: int = -1  # pretrained only: freeze the embeddings and this many lower layers; -1 = none
     feature_cache: str | None = None  # directory caching the frozen layers' outputs between runs
-    source_weights: dict[str, float] = field(default_factory=dict)  # loss weight per source (default 1)
+    # loss weight per source, or per source/kind of synthetic pairs (e.g. synthetic/refusal); default 1
+    source_weights: dict[str, float] = field(default_factory=dict)
     balance_sources: bool = False  # weight sources so each contributes equally, whatever its size
     length_balance: bool = False  # per source, equal weight to pairs won by the longer and by the shorter
     length_penalty: float = 0.0  # weight of the squared reward/length correlation per batch
@@ -192,9 +193,14 @@ def build_pretrained(cfg: TrainConfig):
     return model, tokenizer, provenance
 
 
+def source_weight(pair: PreferencePair, weights: dict[str, float]) -> float:
+    """The weight named "source/kind" (e.g. synthetic/refusal), else "source", else 1."""
+    return weights.get(f"{pair.source}/{pair.kind}", weights.get(pair.source, 1.0))
+
+
 def pair_weights(pairs: Sequence[PreferencePair], cfg: TrainConfig) -> torch.Tensor:
     """Loss weight per pair from the source weights and the balancing options, scaled to mean 1."""
-    weights = torch.tensor([cfg.source_weights.get(p.source, 1.0) for p in pairs], dtype=torch.float64)
+    weights = torch.tensor([source_weight(p, cfg.source_weights) for p in pairs], dtype=torch.float64)
     sources = Counter(p.source for p in pairs)
     if cfg.balance_sources:
         weights *= torch.tensor([len(pairs) / (len(sources) * sources[p.source]) for p in pairs])
@@ -551,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--source-weights",
         type=parse_source_weights,
         default={},
-        help="e.g. hh_harmless_base=2,synthetic=0.5",
+        help="loss weight per source or source/kind, e.g. hh_harmless_base=2,synthetic/refusal=0 (default 1)",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     for name in ("balance_sources", "length_balance"):

@@ -120,5 +120,8 @@ def test_source_weights_scale_the_loss_of_their_source() -> None:
     pairs = pairs_of("a", 2, 0) + pairs_of("b", 2, 0)
     weights = pair_weights(pairs, TrainConfig(data=[], source_weights=parse_source_weights("a=3")))
     assert weights.tolist() == pytest.approx([1.5, 1.5, 0.5, 0.5])
+    synthetic = [PreferencePair("p", "c", "r", "synthetic", kind) for kind in ("refusal", "empty", "empty")]
+    spec = parse_source_weights("synthetic=2,synthetic/refusal=0")
+    assert pair_weights(synthetic, TrainConfig(data=[], source_weights=spec)).tolist() == [0.0, 1.5, 1.5]
     with pytest.raises(argparse.ArgumentTypeError, match="SOURCE=WEIGHT"):
         parse_source_weights("a:3")
