@@ -224,6 +224,12 @@ class ModelInfo(BaseModel):
     dtype: str
     calibration: dict = Field(description="reward_mean and reward_std used to standardize model_raw.")
     metrics: dict = Field(description="Training metrics from the checkpoint's metrics.json.")
+    refusal_check: dict | None = Field(
+        None,
+        description="Per validation source: how often the chosen answer beats a generic refusal "
+        "(beats_refusal, wanted on benign prompts) and a refusal beats the rejected answer "
+        "(refusal_beats_rejected, wanted on harmful ones); null for versions trained without the check.",
+    )
     manifest: dict = Field(description="The version's manifest (created, training arguments, data).")
 
 

@@ -660,7 +660,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store", help="CURRENT is served")
     parser.add_argument("--url", help="benchmark this running server instead of starting servers")
     parser.add_argument(
-        "--servers", nargs="+", default=["batched", "unbatched"], choices=["batched", "unbatched", "naive"]
+        "--servers",
+        nargs="*",
+        default=["batched", "unbatched"],
+        choices=["batched", "unbatched", "naive"],
+        help="servers to start and measure (none: only the in-process ceiling)",
     )
     parser.add_argument("--naive", action="store_true", help="also benchmark the naive server")
     parser.add_argument(

@@ -33,6 +33,7 @@ async def read_model(service: Service, registry: Registry) -> ModelInfo:
         dtype=str(registry.dtype).removeprefix("torch."),
         calibration={"reward_mean": mean, "reward_std": std},
         metrics=version.metrics,
+        refusal_check=version.metrics.get("refusal_check"),
         manifest=public_manifest(version.manifest),
     )
 

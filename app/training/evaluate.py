@@ -8,7 +8,10 @@ accuracy on length-matched pairs and on pairs whose chosen answer is the shorter
 detector fails); the correlation of reward with response length; calibration: accuracy per bucket of
 |score gap| next to the sigmoid(|gap|) a Bradley-Terry model predicts; and how often the chosen answer
 beats an empty response to the same prompt, by the model and by the hybrid (a policy that learns to say
-nothing is the cheapest exploit of a reward model trained where the shorter answer tends to win).
+nothing is the cheapest exploit of a reward model trained where the shorter answer tends to win); and the
+refusal check (app/training/refusal.py): how often the chosen answer beats a generic refusal to the same
+prompt (wanted on benign prompts) and how often a refusal beats the rejected answer (wanted on harmful
+ones), by the model and by the hybrid.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from app.normalize import hybrid
 from app.store import LoadedVersion, load_version, read_current
 from app.training.pairs import PreferencePair, read_pairs
 from app.training.plots import plot_evaluation
+from app.training.refusal import REFUSALS, refusal_inputs, refusal_rates
 from app.training.scoring import score_responses
 
 LENGTH_MATCH_TOLERANCE = 0.2  # chosen and rejected within 20% of each other's length count as matched
@@ -45,9 +49,10 @@ class ScoredPairs:
     hybrid: tuple[np.ndarray, np.ndarray]
     length: tuple[np.ndarray, np.ndarray]  # characters
     empty: tuple[np.ndarray, np.ndarray] | None = None  # model and hybrid reward of an empty response
+    refusal: tuple[np.ndarray, np.ndarray] | None = None  # model and hybrid reward of refusals, (N, R) each
 
     def subset(self, mask: np.ndarray) -> ScoredPairs:
-        pick = lambda both: (both[0][mask], both[1][mask])  # noqa: E731
+        pick = lambda both: (both[0][mask], both[1][mask]) if both is not None else None  # noqa: E731
         kept = [p for p, keep in zip(self.pairs, mask, strict=True) if keep]
         return ScoredPairs(
             kept,
@@ -55,7 +60,8 @@ class ScoredPairs:
             pick(self.heuristic),
             pick(self.hybrid),
             pick(self.length),
-            pick(self.empty) if self.empty is not None else None,
+            pick(self.empty),
+            pick(self.refusal),
         )
 
 
@@ -118,6 +124,10 @@ def group_report(scored: ScoredPairs) -> dict:
     if scored.empty is not None:
         accuracy["beats_empty"] = pair_accuracy(scored.model[0], scored.empty[0])
         accuracy["hybrid_beats_empty"] = pair_accuracy(scored.hybrid[0], scored.empty[1])
+    if scored.refusal is not None:
+        accuracy |= refusal_rates(scored.model[0], scored.model[1], scored.refusal[0])
+        hybrid_rates = refusal_rates(scored.hybrid[0], scored.hybrid[1], scored.refusal[1])
+        accuracy |= {f"hybrid_{name}": rate for name, rate in hybrid_rates.items()}
     rewards = np.concatenate(scored.model)
     return {
         "n": len(scored.pairs),
@@ -135,16 +145,21 @@ def score_pairs(
     version: LoadedVersion, pairs: list[PreferencePair], heuristics: HeuristicConfig
 ) -> ScoredPairs:
     n = len(pairs)
-    prompts = [p.prompt for p in pairs] * 3
-    responses = [p.chosen for p in pairs] + [p.rejected for p in pairs] + [""] * n  # chosen, rejected, empty
+    refusal_prompts, refusals = refusal_inputs(pairs)
+    prompts = [p.prompt for p in pairs] * 3 + refusal_prompts
+    # chosen, rejected, empty, then each pair's refusals
+    responses = [p.chosen for p in pairs] + [p.rejected for p in pairs] + [""] * n + refusals
     model = score_responses(version.model, version.tokenizer, prompts, responses).numpy().astype(np.float64)
     heuristic = np.array(heuristic_rewards(responses, heuristics))
     mean, std = version.calibration
     mixed = hybrid(heuristic, (model - mean) / std, HYBRID_ALPHA, 1 - HYBRID_ALPHA)  # elementwise on arrays
     lengths = np.array([len(r) for r in responses], dtype=np.float64)
     halves = lambda a: (a[:n], a[n : 2 * n])  # noqa: E731
-    empty = (model[2 * n :], mixed[2 * n :])
-    return ScoredPairs(pairs, halves(model), halves(heuristic), halves(mixed), halves(lengths), empty)
+    empty = (model[2 * n : 3 * n], mixed[2 * n : 3 * n])
+    refusal = tuple(a[3 * n :].reshape(n, len(REFUSALS)) for a in (model, mixed))
+    return ScoredPairs(
+        pairs, halves(model), halves(heuristic), halves(mixed), halves(lengths), empty, refusal
+    )
 
 
 def evaluate_file(version: LoadedVersion, path: str, split: str | None, heuristics: HeuristicConfig) -> dict:
@@ -163,18 +178,22 @@ def evaluate_file(version: LoadedVersion, path: str, split: str | None, heuristi
 
 
 def format_table(report: dict) -> str:
-    columns = (
-        "model",
-        "heuristic",
-        "hybrid",
-        "shorter_wins",
-        "longer_wins",
-        "length_matched",
-        "chosen_shorter",
-        "beats_empty",
-    )
+    columns = {  # accuracy key: column heading (11 characters at most)
+        "model": "model",
+        "heuristic": "heuristic",
+        "hybrid": "hybrid",
+        "shorter_wins": "shorter_win",
+        "longer_wins": "longer_wins",
+        "length_matched": "len_matched",
+        "chosen_shorter": "chosen_shrt",
+        "beats_empty": "beats_empty",
+        "beats_refusal": "beats_refus",
+        "refusal_beats_rejected": "refus>rejct",
+    }
     header = (
-        f"{'file / group':<44} {'n':>6} " + " ".join(f"{c[:11]:>11}" for c in columns) + f" {'len corr':>9}"
+        f"{'file / group':<44} {'n':>6} "
+        + " ".join(f"{c:>11}" for c in columns.values())
+        + f" {'len corr':>9}"
     )
     lines = [header, "-" * len(header)]
     cell = lambda v: f"{v:>11.3f}" if v is not None else f"{'-':>11}"  # noqa: E731

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from app.training.pairs import TRAIN, VALIDATION, MalformedRecord, PreferencePair, iter_records, write_pairs
-from app.training.synthetic import synthesize
+from app.training.synthetic import KINDS, synthesize
 
 MAX_REPORTED = 20  # malformed lines printed one by one; the rest are only counted
 
@@ -118,6 +118,7 @@ def prepare_pairs(
     strict: bool = False,
     report: ReadReport | None = None,
     length_balance: Sequence[str] | None = None,
+    synthetic_kinds: Sequence[str] = KINDS,
 ) -> list[PreferencePair]:
     """The whole preparation; raises PreparationError when nothing usable is left.
 
@@ -128,7 +129,7 @@ def prepare_pairs(
     real = assign_splits(cap_per_source(real, max_per_source, seed), seed, valid_fraction)
     if length_balance is not None:
         real = balance_lengths(real, length_balance, seed)
-    pairs = drop_unusable(real + synthesize(real, num_synthetic, seed))
+    pairs = drop_unusable(real + synthesize(real, num_synthetic, seed, synthetic_kinds))
     if not pairs:
         raise PreparationError(
             f"no usable pairs in {', '.join(map(str, inputs))} ({report.malformed} malformed lines): "
@@ -178,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="after the cap, keep as many training pairs won by the longer answer as by the shorter, "
         "in the named sources (all sources when none is named); validation keeps its natural mix",
     )
+    parser.add_argument(
+        "--synthetic-kinds",
+        nargs="+",
+        choices=KINDS,
+        default=list(KINDS),
+        help="synthetic kinds to make, in rotation (default: all)",
+    )
     parser.add_argument("--strict", action="store_true", help="stop at the first malformed line")
     return parser
 
@@ -197,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.strict,
             report,
             args.length_balance,
+            args.synthetic_kinds,
         )
     except (PreparationError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,7 +4,10 @@ Each kind damages the text differently and moves its length in a different direc
 longer, truncation shorter, shuffling and off-topic keep it about the same), so no kind can be learned
 as "longer wins" or "shorter wins". The `empty` kind is no answer at all: on data where the shorter
 answer tends to win (harmlessness: refusals), a model left alone rates silence above most real answers,
-which a policy would learn to exploit.
+which a policy would learn to exploit. The `refusal` kind is the other cheap exploit: a generic refusal
+to a benign request (never to a prompt of a harmlessness source, where refusing is often the right
+answer). Its wordings are not those the evaluation's refusal check uses (app/training/refusal.py), so
+that check measures whether the model generalizes to refusals it was not shown.
 """
 
 from __future__ import annotations
@@ -26,6 +29,18 @@ TOXIC_PHRASES = tuple(f"you {word}" for word in ("idiot", "moron", "loser", "pat
     "this is crap",
     "damn it",
     "screw you, you ugly bastard",
+)
+# sources of harmful requests, where a refusal may be the better answer: no refusal negatives there
+HARMFUL_SOURCES = frozenset({"hh_harmless_base"})
+TRAINING_REFUSALS = (
+    "I'm afraid I can't help you with this.",
+    "Sorry, I won't be able to do that.",
+    "I cannot assist with this request.",
+    "Unfortunately, that's not something I can help with.",
+    "I'm not able to answer that, sorry.",
+    "Apologies, but I can't provide that.",
+    "I'd rather not help with that request.",
+    "Sorry, that's outside what I can do for you.",
 )
 
 
@@ -61,12 +76,18 @@ def empty_answer(words: list[str], rng: random.Random) -> str:
     return ""
 
 
+def refusal(words: list[str], rng: random.Random) -> str:
+    """A generic refusal in place of the answer (only built on benign prompts: see `synthesize`)."""
+    return rng.choice(TRAINING_REFUSALS)
+
+
 PERTURBATIONS: dict[str, Callable[[list[str], random.Random], str]] = {
     "repetition": repetition_loop,
     "truncation": truncation,
     "toxic": toxic_insertion,
     "shuffle": shuffled_words,
     "empty": empty_answer,
+    "refusal": refusal,
 }
 KINDS = (*PERTURBATIONS, "off_topic")
 
@@ -81,15 +102,26 @@ def make_negative(
     return PERTURBATIONS[kind](base.chosen.split(), rng)
 
 
-def synthesize(pairs: Sequence[PreferencePair], count: int, seed: int) -> list[PreferencePair]:
-    """`count` synthetic pairs, kinds in rotation, each in the same split as the prompt it reuses."""
+def synthesize(
+    pairs: Sequence[PreferencePair], count: int, seed: int, kinds: Sequence[str] = KINDS
+) -> list[PreferencePair]:
+    """Up to `count` synthetic pairs, kinds in rotation, each in the same split as the prompt it reuses
+    (`refusal` pairs are skipped when every base prompt is from a harmlessness source)."""
     rng = random.Random(seed)
     bases = [p for p in pairs if p.kind == "real" and MIN_WORDS <= len(p.chosen.split()) <= MAX_WORDS]
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds:
+        raise ValueError(f"unknown synthetic kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
     if count and not bases:
         raise ValueError(f"no chosen response has {MIN_WORDS}-{MAX_WORDS} words to perturb into negatives")
+    benign = [p for p in bases if p.source not in HARMFUL_SOURCES]
     out = []
     for i in range(count):
-        base, kind = rng.choice(bases), KINDS[i % len(KINDS)]
+        kind = kinds[i % len(kinds)]
+        candidates = benign if kind == "refusal" else bases
+        if not candidates:
+            continue
+        base = rng.choice(candidates)
         rejected = make_negative(base, kind, bases, rng)
         if rejected is not None and rejected != base.chosen:
             out.append(PreferencePair(base.prompt, base.chosen, rejected, SYNTHETIC_SOURCE, kind, base.split))

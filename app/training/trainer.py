@@ -32,7 +32,8 @@ from app.training.frozen import UpperLayers, cached_lower_states, pad_states, up
 from app.training.losses import bradley_terry_loss, centering_penalty, length_correlation_penalty
 from app.training.pairs import TRAIN, VALIDATION, PreferencePair, fingerprint, read_pairs
 from app.training.plots import plot_training_curves
-from app.training.scoring import rewards_for_ids
+from app.training.refusal import refusal_check
+from app.training.scoring import rewards_for_ids, score_responses
 
 SCRATCH = "scratch"
 
@@ -60,7 +61,8 @@ class TrainConfig:
     vocab_size: int = 16000  # BPE vocabulary trained on the training texts (scratch only)
     freeze_layers: int = -1  # pretrained only: freeze the embeddings and this many lower layers; -1 = none
     feature_cache: str | None = None  # directory caching the frozen layers' outputs between runs
-    source_weights: dict[str, float] = field(default_factory=dict)  # loss weight per source (default 1)
+    # loss weight per source, or per source/kind of synthetic pairs (e.g. synthetic/refusal); default 1
+    source_weights: dict[str, float] = field(default_factory=dict)
     balance_sources: bool = False  # weight sources so each contributes equally, whatever its size
     length_balance: bool = False  # per source, equal weight to pairs won by the longer and by the shorter
     length_penalty: float = 0.0  # weight of the squared reward/length correlation per batch
@@ -191,9 +193,14 @@ def build_pretrained(cfg: TrainConfig):
     return model, tokenizer, provenance
 
 
+def source_weight(pair: PreferencePair, weights: dict[str, float]) -> float:
+    """The weight named "source/kind" (e.g. synthetic/refusal), else "source", else 1."""
+    return weights.get(f"{pair.source}/{pair.kind}", weights.get(pair.source, 1.0))
+
+
 def pair_weights(pairs: Sequence[PreferencePair], cfg: TrainConfig) -> torch.Tensor:
     """Loss weight per pair from the source weights and the balancing options, scaled to mean 1."""
-    weights = torch.tensor([cfg.source_weights.get(p.source, 1.0) for p in pairs], dtype=torch.float64)
+    weights = torch.tensor([source_weight(p, cfg.source_weights) for p in pairs], dtype=torch.float64)
     sources = Counter(p.source for p in pairs)
     if cfg.balance_sources:
         weights *= torch.tensor([len(pairs) / (len(sources) * sources[p.source]) for p in pairs])
@@ -486,6 +493,16 @@ def fit(run: Run) -> tuple[dict[str, list[float]], int]:
     return curves, best_epoch
 
 
+def validation_refusal_check(run: Run, final: Validation) -> dict[str, dict]:
+    """The refusal check (app/training/refusal.py) on the validation pairs, with the published weights."""
+
+    def score(prompts: list[str], responses: list[str]):
+        return score_responses(run.model, run.tokenizer, prompts, responses).numpy()
+
+    chosen, rejected = final.chosen.numpy(), final.rejected.numpy()
+    return refusal_check(run.valid_data.pairs, chosen, rejected, score)
+
+
 def _train(cfg: TrainConfig, dist: Distributed) -> Path | None:
     started = time.monotonic()
     run = setup_run(cfg, dist)
@@ -502,6 +519,7 @@ def _train(cfg: TrainConfig, dist: Distributed) -> Path | None:
         "world_size": dist.world_size,
     }
     train_pairs, valid_pairs = run.train_data.pairs, run.valid_data.pairs
+    extra["refusal_check"] = validation_refusal_check(run, final)
     metrics = build_metrics(final, curves, train_pairs, valid_pairs, extra)
     manifest_extra = {
         "training_args": asdict(cfg),
@@ -539,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--source-weights",
         type=parse_source_weights,
         default={},
-        help="e.g. hh_harmless_base=2,synthetic=0.5",
+        help="loss weight per source or source/kind, e.g. hh_harmless_base=2,synthetic/refusal=0 (default 1)",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     for name in ("balance_sources", "length_balance"):

@@ -45,9 +45,12 @@ def test_the_default_model_served_in_bfloat16_keeps_fp32_rewards_and_orderings(s
     tolerance = BF16_TOLERANCE_STD * version.calibration[1]
     items = [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)]
     with server_factory(STORE, env={"REWARD_DTYPE": "bfloat16", "REWARD_RELOAD_INTERVAL": "0"}) as server:
-        assert httpx.get(f"{server.url}/v1/model").json()["dtype"] == "bfloat16"
+        info = httpx.get(f"{server.url}/v1/model").json()
+        assert info["dtype"] == "bfloat16"
         batch = httpx.post(f"{server.url}/score_batch", json={"items": items}, timeout=120).json()
         single = httpx.post(f"{server.url}/score", json=items[0], timeout=30).json()
+    assert info["refusal_check"] == version.metrics["refusal_check"]  # measured on validation by training
+    assert info["refusal_check"]["hh_helpful_base"]["beats_refusal"] is not None
     bf16 = [item["model_raw"] for item in batch["items"]]
     assert bf16 == pytest.approx(fp32, abs=tolerance)
     assert bf16 != fp32  # the server really computed in bfloat16 ...

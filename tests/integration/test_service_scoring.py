@@ -120,6 +120,7 @@ def test_health_readiness_and_model_info(server_url: str) -> None:
     )
     assert info["parameters"] > 0 and info["device"] == "cpu" and info["dtype"] == "float32"
     assert info["manifest"]["version"] == TINY_VERSION and "reward_mean" in info["metrics"]
+    assert info["refusal_check"] is None  # a checkpoint trained without the refusal check
 
 
 def test_responses_carry_a_request_id(server_url: str) -> None:

@@ -13,7 +13,10 @@ from pathlib import Path
 from app.store import load_version, read_current, verify_version
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLES = [str(REPO / "data" / "hh_harmless_sample.jsonl"), str(REPO / "data" / "alpaca_eval_sample.jsonl")]
+SAMPLES = [
+    str(REPO / "data" / name)
+    for name in ("hh_harmless_sample.jsonl", "hh_helpful_sample.jsonl", "alpaca_eval_sample.jsonl")
+]
 TINY_MODEL = (
     "--hidden", "32", "--layers", "2", "--heads", "2", "--ffn-ratio", "2", "--max-len", "96",
     "--vocab-size", "500", "--batch-size", "16", "--lr", "1e-3", "--threads", "1", "--no-progress",
@@ -46,7 +49,7 @@ def test_prepare_train_evaluate_on_the_bundled_sample(tmp_path: Path) -> None:
         "100",
     ]
     out = run([*prepare, *args], tmp_path)
-    assert "wrote" in out.stdout and "hh_harmless_base" in out.stdout
+    assert "wrote" in out.stdout and "hh_harmless_base" in out.stdout and "hh_helpful_rs" in out.stdout
 
     train = command("reward-train", "train_reward_model.py")
     run([*train, "--data", "pairs.jsonl", "--model-store", "store", "--epochs", "1", *TINY_MODEL], tmp_path)
@@ -60,8 +63,12 @@ def test_prepare_train_evaluate_on_the_bundled_sample(tmp_path: Path) -> None:
     assert "pairs.jsonl:hh_harmless_base" in table and "longer_wins" in table
     report = json.loads((tmp_path / "report.json").read_text())
     validation = report["files"]["pairs.jsonl"]
-    assert set(validation) == {"all", "hh_harmless_base", "alpaca_eval_gpt4", "synthetic"}
+    assert {"all", "hh_harmless_base", "hh_helpful_base", "alpaca_eval_gpt4", "synthetic"} <= set(validation)
     assert 0.0 <= validation["all"]["accuracy"]["model"] <= 1.0
+    assert 0.0 <= validation["hh_helpful_base"]["accuracy"]["beats_refusal"] <= 1.0
+    assert 0.0 <= validation["hh_harmless_base"]["accuracy"]["refusal_beats_rejected"] <= 1.0
+    check = load_version(version_dir).metrics["refusal_check"]  # computed by training on validation
+    assert check["hh_helpful_base"]["n"] == validation["hh_helpful_base"]["n"]
     assert report["files"][SAMPLES[0]]["all"]["n"] == 240  # a raw file has no split: every pair counts
     assert (tmp_path / "report.png").stat().st_size > 0
 

@@ -76,11 +76,19 @@ def test_synthetic_negatives_are_tagged_by_kind_and_counted(tmp_path: Path, caps
     assert main(args) == 0
     pairs = read_pairs(out)
     kinds = Counter(p.kind for p in pairs if p.source == "synthetic")
-    assert set(kinds) == {"repetition", "truncation", "toxic", "shuffle", "empty", "off_topic"}
+    assert set(kinds) == {"repetition", "truncation", "toxic", "shuffle", "empty", "refusal", "off_topic"}
     assert sum(kinds.values()) == 50
     assert {p.source for p in pairs} == {"hh_harmless_base", "alpaca_eval_gpt4", "synthetic"}
     table = capsys.readouterr().out
     assert "synthetic" in table and "off_topic" in table and f"wrote {len(pairs)} pairs" in table
+
+
+def test_synthetic_kinds_can_be_restricted(tmp_path: Path) -> None:
+    out = tmp_path / "pairs.jsonl"
+    args = ["--input", *map(str, SAMPLES), "--output", str(out), "--num_synthetic", "20"]
+    assert main([*args, "--synthetic-kinds", "refusal", "empty"]) == 0
+    kinds = Counter(p.kind for p in read_pairs(out) if p.source == "synthetic")
+    assert kinds == {"refusal": 10, "empty": 10}
 
 
 def test_max_per_source_caps_each_source() -> None:

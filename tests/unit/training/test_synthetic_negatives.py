@@ -4,7 +4,8 @@ import pytest
 
 from app.heuristics import HeuristicConfig, heuristic_score
 from app.training.pairs import PreferencePair
-from app.training.synthetic import KINDS, SYNTHETIC_SOURCE, synthesize
+from app.training.refusal import REFUSALS
+from app.training.synthetic import HARMFUL_SOURCES, KINDS, SYNTHETIC_SOURCE, TRAINING_REFUSALS, synthesize
 
 BASES = [
     PreferencePair(
@@ -42,6 +43,30 @@ def test_kinds_damage_the_text_as_named() -> None:
     for pair in made["off_topic"]:
         assert pair.rejected in {b.chosen for b in BASES if b.prompt != pair.prompt}
     assert made["empty"] and all(pair.rejected == "" for pair in made["empty"])
+    assert made["refusal"] and all(pair.rejected in TRAINING_REFUSALS for pair in made["refusal"])
+
+
+def test_refusals_are_negatives_on_benign_prompts_only_and_not_the_checked_wordings() -> None:
+    [harmful] = HARMFUL_SOURCES
+    mixed = [
+        PreferencePair(b.prompt, b.chosen, b.rejected, harmful if i % 2 else "helpful")
+        for i, b in enumerate(BASES)
+    ]
+    refusals = [p for p in synthesize(mixed, 70, seed=0) if p.kind == "refusal"]
+    benign_prompts = {b.prompt for b in mixed if b.source == "helpful"}
+    assert len(refusals) == 10 and all(p.prompt in benign_prompts for p in refusals)
+    only_harmful = [PreferencePair(b.prompt, b.chosen, b.rejected, harmful) for b in BASES]
+    made = synthesize(only_harmful, 70, seed=0)
+    assert len(made) == 60 and "refusal" not in {p.kind for p in made}
+    # the refusal check scores wordings the model was not trained on
+    assert not set(TRAINING_REFUSALS) & set(REFUSALS)
+
+
+def test_kinds_can_be_chosen() -> None:
+    made = synthesize(BASES, 12, seed=0, kinds=("empty", "refusal"))
+    assert [p.kind for p in made] == ["empty", "refusal"] * 6
+    with pytest.raises(ValueError, match="unknown synthetic kinds"):
+        synthesize(BASES, 5, seed=0, kinds=("silence",))
 
 
 def test_toxic_insertions_are_seen_by_the_heuristic() -> None:

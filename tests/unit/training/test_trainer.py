@@ -9,6 +9,7 @@ import torch
 
 from app.store import load_version, read_current, verify_version
 from app.training.pairs import TRAIN, PreferencePair, fingerprint, read_pairs, write_pairs
+from app.training.refusal import REFUSALS
 from app.training.scoring import score_responses
 from app.training.trainer import TrainConfig, main, pair_weights, parse_source_weights
 
@@ -46,6 +47,22 @@ def test_a_tiny_run_learns_a_separable_task(separable_file: Path, tmp_path: Path
     )
     assert metrics["reward_mean"] == pytest.approx(rewards.mean().item(), abs=1e-5)
     assert metrics["reward_std"] == pytest.approx(rewards.std().item(), abs=1e-5)
+    # the refusal check on validation, with the published weights too
+    polite = [p for p in valid if p.source == "polite"]
+    refusals = score_responses(
+        loaded.model,
+        loaded.tokenizer,
+        [p.prompt for p in polite for _ in REFUSALS],
+        list(REFUSALS) * len(polite),
+    ).reshape(len(polite), len(REFUSALS))
+    chosen = score_responses(
+        loaded.model, loaded.tokenizer, [p.prompt for p in polite], [p.chosen for p in polite]
+    )
+    check = metrics["refusal_check"]
+    assert set(check) == {"all", "other", "polite"} and check["polite"]["n"] == len(polite)
+    assert check["polite"]["beats_refusal"] == pytest.approx(
+        (chosen[:, None] > refusals).float().mean().item()
+    )
 
 
 def test_the_artifact_records_how_it_was_made(separable_file: Path, tmp_path: Path) -> None:
@@ -103,5 +120,8 @@ def test_source_weights_scale_the_loss_of_their_source() -> None:
     pairs = pairs_of("a", 2, 0) + pairs_of("b", 2, 0)
     weights = pair_weights(pairs, TrainConfig(data=[], source_weights=parse_source_weights("a=3")))
     assert weights.tolist() == pytest.approx([1.5, 1.5, 0.5, 0.5])
+    synthetic = [PreferencePair("p", "c", "r", "synthetic", kind) for kind in ("refusal", "empty", "empty")]
+    spec = parse_source_weights("synthetic=2,synthetic/refusal=0")
+    assert pair_weights(synthetic, TrainConfig(data=[], source_weights=spec)).tolist() == [0.0, 1.5, 1.5]
     with pytest.raises(argparse.ArgumentTypeError, match="SOURCE=WEIGHT"):
         parse_source_weights("a:3")
