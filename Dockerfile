@@ -21,10 +21,13 @@ RUN python -m venv /opt/venv
 # default (CUDA, several GiB) wheel from PyPI.
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY app ./app
-# A regular (non-editable) install of the runtime dependencies only: no dev extra in the image.
-RUN pip install . && rm -rf /src
+# A regular (non-editable) install of the runtime dependencies only: no dev extra in the image. Their
+# versions are the audited ones of requirements.lock (as constraints); its torch line pins the CPU
+# build, so it is left out and the torch installed above stays.
+RUN grep -v '^torch==' requirements.lock > /tmp/constraints.txt \
+    && pip install . -c /tmp/constraints.txt && rm -rf /src /tmp/constraints.txt
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \

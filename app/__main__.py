@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import sys
 
@@ -14,7 +15,11 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.main import create_app
-from app.middleware import logging_config
+from app.middleware import bounded_h11, logging_config
+
+log = logging.getLogger("app")
+# file descriptors beyond the connections: the model store, snapshots, logs, torch's and Python's own
+SPARE_FILE_DESCRIPTORS = 256
 
 
 def flag_of(field: str) -> str:
@@ -43,6 +48,18 @@ def exit_after_graceful_shutdown(signum: int, frame: object) -> None:
     sys.exit(0)
 
 
+def raise_file_limit(needed: int) -> None:
+    """Raise the soft RLIMIT_NOFILE towards `needed` (never above the hard limit): a default soft limit
+    of 1024 would run out before max_connections does, and then the watcher and snapshots fail too."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("open-file limit %d is below the %d that max_connections needs; lower it", soft, needed)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         settings = settings_from_args(argv)
@@ -53,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     logging.captureWarnings(True)  # library warnings get the log format (and request id) too
     signal.signal(signal.SIGTERM, exit_after_graceful_shutdown)  # exit 0, not -15, for orchestrators
+    raise_file_limit(settings.max_connections + SPARE_FILE_DESCRIPTORS)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -61,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         log_config=logging_config(settings.log_level),
         access_log=False,  # one line per request would cost more than scoring it
         timeout_graceful_shutdown=settings.shutdown_grace_s,
+        http=bounded_h11(settings.header_timeout_s, settings.max_connections),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
 
 

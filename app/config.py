@@ -5,6 +5,7 @@ Every field has one comment; validators refuse values that would make the servic
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,6 +14,33 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 NormalizeMode = Literal["none", "batch", "running"]
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs the cgroup may use per period (cgroup v2 `cpu.max`, else v1 `cpu.cfs_quota_us`); None when
+    unlimited or unknown. Containers see their own cgroup at the root of the mounted hierarchy."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]  # "max 100000" or "200000 100000"
+    except (OSError, ValueError):
+        try:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()  # -1 when unlimited
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if not quota.isdigit() or not period.isdigit() or int(period) == 0:  # "max" / -1: unlimited
+        return None
+    return int(quota) / int(period)
+
+
+def cpu_budget(root: Path | None = None) -> int:
+    """CPUs this process may really use: its affinity mask, capped by the cgroup's CPU quota (rounded
+    up). os.cpu_count() counts the host's cores, so replicas in containers would oversubscribe."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota(root or CGROUP_ROOT)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
 
 
 class Settings(BaseSettings):
@@ -23,12 +51,23 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)  # TCP port (0 picks a free one)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"  # uvicorn and app log level
 
+    # --- connections (docs/reliability.md) ---
+    max_header_bytes: int = Field(16 * 1024, ge=1024)  # request line + headers; larger get 400 and a close
+    header_timeout_s: float = Field(
+        10.0, gt=0.0
+    )  # a connection whose request headers are not in by then closes
+    max_connections: int = Field(1024, ge=1)  # open connections; beyond, a new one gets 503 and a close
+
     # --- model ---
     model_store: Path = Path("model_store")  # directory of published versions with a CURRENT pointer
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available, else cpu
-    # auto = bfloat16 on a CPU with native bf16 (AVX512-BF16/AMX), else float32; float16 only on cuda
+    # auto = bfloat16 on cuda (float16 where bf16 is unsupported) and on a CPU with native bf16
+    # (AVX512-BF16/AMX), else float32; float16 only on cuda; float32 on cuda computes matmuls in TF32
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)  # intra-op CPU threads
+    # memory a version may need to load (its weights file plus the float32 model); larger ones are refused
+    # before anything is allocated, as are ones needing more than the memory available
+    max_model_bytes: int = Field(8 * 1024**3, ge=1)
+    torch_threads: int = Field(default_factory=cpu_budget, ge=1)  # intra-op threads; default: cpu_budget()
 
     # --- micro-batching ---
     max_batch_size: int = Field(64, ge=1, le=4096)  # items per forward pass (1 turns batching off)
@@ -57,8 +96,12 @@ class Settings(BaseSettings):
     clip: float | None = Field(None, gt=0.0)  # default clipping bound c of [-c, c]; None = no clipping
     norm_eps: float = Field(1e-6, gt=0.0)  # added to the std before dividing
     running_momentum: float = Field(0.99, ge=0.0, lt=1.0)  # EMA momentum of running mean/variance
-    max_namespaces: int = Field(1024, ge=1)  # namespaces with running stats kept; least recently used evicted
-    stats_path: Path | None = Path("running_stats.json")  # snapshot file of running stats; empty = off
+    max_namespaces: int = Field(1024, ge=1)  # namespaces with running stats kept; when full, see below
+    # a full namespace table frees the least recently used namespace only when idle this long; else a
+    # new namespace gets 429 (a client inventing namespaces cannot evict a live run's statistics)
+    namespace_idle_s: float = Field(3600.0, gt=0.0)
+    # snapshot file of running stats (state/ is git-ignored, so serving leaves a checkout clean); empty = off
+    stats_path: Path | None = Path("state/running_stats.json")
     stats_snapshot_s: float = Field(30.0, gt=0.0)  # seconds between running-stats snapshots
 
     # --- admin ---

@@ -15,10 +15,14 @@ from app.api import admin, compat, health, model, score
 from app.api import metrics as metrics_api
 from app.api.errors import install_error_handlers
 from app.api.metrics import MetricsMiddleware
-from app.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from app.api.middleware import (
+    BodySizeLimitMiddleware,
+    CanonicalPathMiddleware,
+    RequestIdMiddleware,
+    UnexpectedErrorMiddleware,
+)
 from app.batcher import BatchPolicy, MicroBatcher
 from app.config import Settings
-from app.errors import CheckpointError
 from app.heuristics import HeuristicConfig
 from app.metrics import ServiceMetrics
 from app.middleware import HardeningMiddleware
@@ -66,12 +70,14 @@ def heuristics_of(settings: Settings) -> HeuristicConfig:
 
 
 def running_stats_of(settings: Settings) -> RunningStats:
-    stats = RunningStats(settings.running_momentum, settings.norm_eps, settings.max_namespaces)
+    stats = RunningStats(
+        settings.running_momentum, settings.norm_eps, settings.max_namespaces, settings.namespace_idle_s
+    )
     if settings.stats_path is not None:
         try:
             if stats.restore(settings.stats_path):
                 log.info("restored running stats of %d namespaces from %s", len(stats), settings.stats_path)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # any startup file may be malformed; the service starts without it
             log.error("ignoring unreadable running-stats snapshot %s: %s", settings.stats_path, exc)
     return stats
 
@@ -85,27 +91,34 @@ async def load_model(registry: ModelRegistry, watcher: ModelWatcher) -> None:
     if removed:
         log.info("removed %d half-written versions left by killed publishes: %s", len(removed), removed)
     try:
-        loaded = await registry.run_compute(registry.load_current)
+        loaded = await registry.load_current()
         log.info("loaded model version %s in %.2f s", loaded.version, registry.last_load_seconds)
-    except CheckpointError as exc:
-        log.error("no model to serve: %s", exc)
+    except Exception as exc:  # whatever failed (CUDA out of memory too), a later publish is still picked up
+        registry.remember_failure(exc)
+        log.exception("no model to serve: %s", registry.last_error)
+        watcher.metrics.load_errors.inc()
     watcher.start()
 
 
-async def snapshot_periodically(stats: RunningStats, settings: Settings) -> None:
+async def snapshot_periodically(stats: RunningStats, settings: Settings, metrics: ServiceMetrics) -> None:
     while True:
         await asyncio.sleep(settings.stats_snapshot_s)
-        await save_snapshot(stats, settings)
+        await save_snapshot(stats, settings, metrics)
 
 
-async def save_snapshot(stats: RunningStats, settings: Settings) -> None:
+async def save_snapshot(stats: RunningStats, settings: Settings, metrics: ServiceMetrics) -> None:
+    """Write the snapshot; a failure (disk full, out of file descriptors...) is logged and counted, and
+    the next period tries again."""
     if settings.stats_path is None:
         return
     snapshot = stats.to_dict()  # taken on the event loop, where the stats change; written off it
     try:
         await asyncio.to_thread(write_snapshot, settings.stats_path, snapshot)
-    except OSError as exc:
+    except Exception as exc:
         log.error("cannot write running-stats snapshot %s: %s", settings.stats_path, exc)
+        metrics.snapshot_failed(f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or 'see the log'}")
+    else:
+        metrics.snapshot_written()
 
 
 @asynccontextmanager
@@ -113,7 +126,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     configure_torch_threads(settings.torch_threads)
     metrics: ServiceMetrics = app.state.metrics
-    registry = ModelRegistry(settings.model_store, settings.device, settings.dtype)
+    registry = ModelRegistry(settings.model_store, settings.device, settings.dtype, settings.max_model_bytes)
     health = ModelHealth()
     batcher = MicroBatcher(
         BatchScorer(health),
@@ -131,7 +144,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     batcher.start()
     background = [
         asyncio.create_task(load_model(registry, watcher), name="load-model"),
-        asyncio.create_task(snapshot_periodically(service.running_stats, settings), name="stats-snapshot"),
+        asyncio.create_task(
+            snapshot_periodically(service.running_stats, settings, metrics), name="stats-snapshot"
+        ),
     ]
     try:
         yield
@@ -148,7 +163,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await batcher.stop()
         await asyncio.to_thread(admission.close)
         await asyncio.to_thread(registry.close)  # waits for a load still running on the compute thread
-        await save_snapshot(service.running_stats, settings)
+        await save_snapshot(service.running_stats, settings, metrics)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -165,6 +180,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routers = (score.router, health.router, model.router, admin.router, metrics_api.router, compat.router)
     for router in routers:
         app.include_router(router)
+    app.add_middleware(UnexpectedErrorMiddleware)  # innermost: an unexpected error ends as a 500 here
+    app.add_middleware(CanonicalPathMiddleware)  # before routing sees the decoded path
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(HardeningMiddleware, body_timeout_s=settings.body_timeout_s)  # needs the request id
     app.add_middleware(RequestIdMiddleware)  # even a 413 carries the request id

@@ -75,6 +75,7 @@ class ServiceMetrics:
         self._define_http()
         self._define_batching()
         self._define_model()
+        self._define_state()
 
     def _define_http(self) -> None:
         r = self.registry
@@ -133,10 +134,32 @@ class ServiceMetrics:
         )  # fmt: skip
         for outcome in RELOAD_OUTCOMES:
             self.reloads.labels(outcome)
+        self.store_checks = Counter(
+            "reward_store_checks", "Polls of the model store's CURRENT by the reload watcher.", registry=r
+        )
         self.last_reload = Gauge(
             "reward_last_reload_timestamp_seconds", "Unix time of the last successful reload or rollback.",
             registry=r,
         )  # fmt: skip
+
+    def _define_state(self) -> None:
+        r = self.registry
+        self.snapshot_failures = Counter(
+            "reward_stats_snapshot_failures", "Running-statistics snapshots that could not be written.",
+            registry=r,
+        )  # fmt: skip
+        self.snapshot_success = Gauge(
+            "reward_stats_snapshot_last_success_timestamp_seconds",
+            "Unix time of the last running-statistics snapshot written (0: none yet).", registry=r,
+        )  # fmt: skip
+        self.load_errors = Counter(
+            "reward_model_load_errors",
+            "Model loads that failed with an unexpected error (not a refused checkpoint).", registry=r,
+        )  # fmt: skip
+        # the same facts as plain values, for /readyz
+        self.last_snapshot_at: float | None = None
+        self.snapshot_failure_count = 0
+        self.last_snapshot_error: str | None = None  # why the latest snapshot failed; None once one succeeds
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()
@@ -169,12 +192,30 @@ class ServiceMetrics:
         if load_seconds is not None:
             self.model_load.observe(load_seconds)
 
+    def store_checked(self) -> None:
+        self.store_checks.inc()
+
     def reload_finished(self, outcome: str) -> None:
         if outcome not in RELOAD_OUTCOMES:
             raise ValueError(f"reload outcome must be one of {RELOAD_OUTCOMES}, got {outcome!r}")
         self.reloads.labels(outcome).inc()
         if outcome != "refused":
             self.last_reload.set(time.time())
+
+    def snapshot_written(self) -> None:
+        self.last_snapshot_at = time.time()
+        self.snapshot_success.set(self.last_snapshot_at)
+        self.last_snapshot_error = None
+
+    def snapshot_failed(self, reason: str) -> None:
+        self.snapshot_failures.inc()
+        self.snapshot_failure_count += 1
+        self.last_snapshot_error = reason
+
+    def snapshot_state(self) -> dict:
+        """The snapshot's health for /readyz: when the last one was written, and why the latest failed."""
+        return {"last_success": self.last_snapshot_at, "failures": self.snapshot_failure_count,
+                "last_error": self.last_snapshot_error}  # fmt: skip
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format body and its content type, for GET /metrics."""

@@ -18,7 +18,14 @@ from typing import TypeVar
 import torch
 
 from app.errors import CheckpointError
-from app.store import LoadedVersion, load_version, read_current, version_dir
+from app.store import (
+    DEFAULT_MAX_MODEL_BYTES,
+    LoadedVersion,
+    load_version,
+    read_current,
+    verify_version,
+    version_dir,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,19 +56,30 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto -> bfloat16 on a CPU with native bf16, float32 elsewhere (see docs/benchmarks.md for why);
-    float16 only on CUDA."""
+    """auto -> bfloat16 on a CUDA device that supports it (float16 on older ones) and on a CPU with native
+    bf16, float32 elsewhere (see docs/benchmarks.md for why); float16 only on CUDA."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     if name == "float16" and device.type != "cuda":
         raise CheckpointError(f"REWARD_DTYPE=float16 needs a CUDA device; on {device.type} use float32")
     return DTYPES[name]
 
 
-def prepare_for_serving(version: LoadedVersion, dtype: torch.dtype) -> None:
-    """Ready a loaded version to serve in `dtype` (its backend checks that the checkpoint can serve)."""
+def enable_tf32(device: torch.device) -> None:
+    """float32 matmuls on CUDA in TF32 (10-bit mantissa, tensor cores): used when REWARD_DTYPE=float32,
+    whose rewards then move by far less than the bf16 default's tolerance."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def prepare_for_serving(version: LoadedVersion, dtype: torch.dtype, device: torch.device) -> None:
+    """Ready a loaded version to serve in `dtype` on `device` (its backend checks that the checkpoint can
+    serve, casts on the CPU, then moves: a float32 copy is never staged on the accelerator)."""
     try:
-        version.backend.prepare(dtype)
+        version.backend.prepare(dtype, device)
     except CheckpointError as exc:
         raise CheckpointError(f"version {version.version}: {exc}") from exc
 
@@ -99,10 +117,18 @@ class ModelRegistry:
     """Holds the live LoadedVersion; loading is separate from activation so a new version is checked
     beside the old one before the swap."""
 
-    def __init__(self, store: Path, device: str = "auto", dtype: str = "auto"):
+    def __init__(
+        self,
+        store: Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+    ):
         self.store = Path(store)
+        self.max_model_bytes = max_model_bytes  # a version needing more memory to load is refused
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        enable_tf32(self.device)
         self.current: LoadedVersion | None = None
         self.previous: LoadedVersion | None = None
         self.last_error: str | None = None
@@ -123,31 +149,60 @@ class ModelRegistry:
     def ready(self) -> bool:
         return self.current is not None
 
-    def load(self, version: str | None = None) -> LoadedVersion:
-        """Verify, load and warm up `version` (default: the store's CURRENT). Does not activate it."""
+    def version_name(self, version: str | None) -> str:
         name = version or read_current(self.store)
         if name is None:
-            raise CheckpointError(f"{self.store}: no CURRENT version; publish a model first (reward-train)")
+            raise CheckpointError(
+                "the model store has no CURRENT version; publish a model first (reward-train)"
+            )
+        return name
+
+    def load(self, version: str | None = None, manifest: dict | None = None) -> LoadedVersion:
+        """Verify (unless given the `manifest` verify_version returned), load and warm up `version`
+        (default: the store's CURRENT). Does not activate it."""
+        name = self.version_name(version)
         started = time.perf_counter()
-        loaded = load_version(version_dir(self.store, name), device=self.device)
-        prepare_for_serving(loaded, self.dtype)
+        loaded = load_version(version_dir(self.store, name), "cpu", self.max_model_bytes, manifest)
+        prepare_for_serving(loaded, self.dtype, self.device)
         warm_up(loaded, self.dtype)
         self.last_load_seconds = time.perf_counter() - started
         return loaded
 
+    async def load_off_loop(self, version: str | None = None) -> LoadedVersion:
+        """`load` with the checksums computed on a worker thread: hashing a large checkpoint on the compute
+        thread would pause scoring for as long; only loading and warm-up queue behind the batches."""
+        name = self.version_name(version)
+        manifest = await asyncio.to_thread(verify_version, version_dir(self.store, name))
+        return await self.run_compute(self.load, name, manifest)
+
     def activate(self, loaded: LoadedVersion) -> LoadedVersion | None:
-        """Make `loaded` the live version (one reference swap); returns the one it replaced."""
+        """Make `loaded` the live version (one reference swap); returns the one it replaced. The version
+        before that is dropped here; garbage collection, then `release_device_memory`, hands its memory
+        back."""
         self.previous, self.current = self.current, loaded
         self.last_error = None
         log.info("model version %s is live on %s (%s)", loaded.version, self.device, str(self.dtype))
         return self.previous
 
-    def load_current(self) -> LoadedVersion:
-        """Load the store's CURRENT and make it live; on failure keep what serves and remember why."""
+    def release_device_memory(self) -> None:
+        """Return the CUDA caching allocator's free blocks to the driver after a swap: replicas sharing a
+        GPU would otherwise each keep the peak of a reload (three versions) reserved."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    async def load_current(self) -> LoadedVersion:
+        """Load the store's CURRENT and make it live; on any failure (a bad checkpoint, CUDA out of
+        memory) keep what serves and remember why."""
         try:
-            loaded = self.load()
-        except CheckpointError as exc:
-            self.last_error = str(exc)
+            loaded = await self.load_off_loop()
+        except Exception as exc:
+            self.remember_failure(exc)
             raise
         self.activate(loaded)
         return loaded
+
+    def remember_failure(self, exc: Exception) -> None:
+        """What /readyz says while nothing serves: any failure (a bad checkpoint, CUDA out of memory)."""
+        reason = " ".join(str(exc).split()) or type(exc).__name__  # torch errors span lines
+        reason = reason.replace(str(self.store), "<model store>")  # shown to clients by 503s
+        self.last_error = reason if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {reason}"

@@ -139,6 +139,11 @@ class ModelInfo(BaseModel):
 class HealthResponse(BaseModel):
     status: str
     model_version: str | None = None
+    stats_snapshot: dict | None = Field(
+        None,
+        description="Running-statistics snapshot (readiness only): last_success (Unix time or null), "
+        "failures so far, last_error (null once a snapshot succeeds). Failures never make it unready.",
+    )
 
 
 class ErrorBody(BaseModel):

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
+import struct
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -39,10 +41,22 @@ FORMAT_VERSION = 1
 CURRENT_FILE = "CURRENT"
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("model.safetensors", "config.json", "tokenizer.json", "metrics.json")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # mkstemp/mkdtemp create owner-only files; a store is read by the service, often as another user
 READABLE_FILE, READABLE_DIR = 0o644, 0o755
 _WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# --- limits checked before a checkpoint's weights are allocated ---
+DEFAULT_MAX_MODEL_BYTES = 8 * 1024**3  # weights as loaded (float32) plus the file's tensors, at most
+# a safetensors header (JSON) of a model this service builds is a few kB; real encoders stay under 1 MiB
+MAX_SAFETENSORS_HEADER_BYTES = 4 * 1024**2
+MAX_TENSORS = 10_000  # tensors in one weights file (a 64-layer model has about 1,000)
+# the native architecture's sane range: beyond it a config is a mistake or an attack on memory
+ARCHITECTURE_BOUNDS = {
+    "vocab_size": 1_048_576, "max_len": 16_384, "hidden": 8_192, "layers": 64, "heads": 128, "ffn_ratio": 16,
+}  # fmt: skip
+SAFETENSORS_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2}  # what save_checkpoint_files writes
 
 
 def validate_version_name(version: str) -> str:
@@ -75,13 +89,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never a torn one."""
+def write_json_atomic(path: Path, data: dict, allow_nan: bool = True) -> None:
+    """Write JSON so that a reader sees the old file or the new one, never a torn one. With
+    `allow_nan=False`, NaN or infinity is a ValueError rather than a file no strict parser reads."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, READABLE_FILE)
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+            json.dump(data, f, indent=2, sort_keys=True, allow_nan=allow_nan)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -117,27 +132,68 @@ def save_checkpoint_files(
 
 def verify_version(directory: Path) -> dict:
     """Check the manifest and every file's sha256; return the manifest. Raises CheckpointError."""
+    check_inside_store(directory)
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
-        raise CheckpointError(f"{directory}: no {MANIFEST}")
+        raise CheckpointError(f"{directory.name}: no {MANIFEST}")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{manifest_path}: unreadable manifest ({exc})") from exc
-    files = manifest.get("files", {})
+        raise CheckpointError(f"{directory.name}/{MANIFEST}: unreadable manifest ({exc})") from exc
+    files = check_manifest_shape(manifest, directory.name)
     missing = [name for name in REQUIRED_FILES if name not in files]
     if missing:
-        raise CheckpointError(f"{manifest_path}: manifest lists no checksum for {missing}")
+        raise CheckpointError(f"{directory.name}/{MANIFEST}: manifest lists no checksum for {missing}")
     for name, expected in files.items():
         path = directory / name
         if Path(name).name != name or not path.is_file():
-            raise CheckpointError(f"{directory}: file {name!r} listed in the manifest is missing")
+            raise CheckpointError(f"{directory.name}: file {name!r} listed in the manifest is missing")
         actual = sha256_file(path)
         if actual != expected:
             raise CheckpointError(
-                f"{path}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}…"
+                f"{directory.name}/{name}: sha256 {actual[:12]}… does not match "
+                f"the manifest's {expected[:12]}…"
             )
     return manifest
+
+
+def check_inside_store(directory: Path) -> None:
+    """Refuse a version directory, or any entry in it, that resolves outside its store (a symlink out):
+    the store's checksums would vouch for files someone else controls."""
+    store = os.path.realpath(directory.parent)
+    entries = [directory, *directory.iterdir()] if directory.is_dir() else [directory]
+    for entry in entries:
+        if os.path.commonpath([store, os.path.realpath(entry)]) != store:
+            raise CheckpointError(f"{directory.name}: {entry.name} resolves outside the model store")
+
+
+def check_manifest_shape(manifest: object, name: str) -> dict[str, str]:
+    """The manifest must be an object whose `files` maps plain names to sha256 hex digests, and whose
+    `version` and `created`, when present, are strings. Returns `files`."""
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{name}/{MANIFEST}: a {type(manifest).__name__}, not a JSON object")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and _SHA256.match(v) for k, v in files.items()
+    ):
+        raise CheckpointError(f"{name}/{MANIFEST}: `files` must map file names to sha256 hex digests")
+    for key in ("version", "created"):
+        if not isinstance(manifest.get(key, ""), str):
+            raise CheckpointError(f"{name}/{MANIFEST}: `{key}` must be a string")
+    return files
+
+
+def check_calibration(metrics: object, name: str) -> None:
+    """metrics.json must be an object; `reward_mean` and `reward_std`, when present, finite numbers and
+    the std > 0: rewards are divided by it, so anything else makes every score NaN or an error."""
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{name}/metrics.json: a {type(metrics).__name__}, not a JSON object")
+    for key in ("reward_mean", "reward_std"):
+        value = metrics.get(key, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise CheckpointError(f"{name}/metrics.json: {key} must be a finite number, got {value!r}")
+    if metrics.get("reward_std", 1.0) <= 0:
+        raise CheckpointError(f"{name}/metrics.json: reward_std must be > 0, got {metrics['reward_std']!r}")
 
 
 @dataclass
@@ -161,39 +217,57 @@ class LoadedVersion:
 def _read_config(directory: Path) -> tuple[RewardModelConfig, EncodingSpec, dict]:
     try:
         config = json.loads((directory / "config.json").read_text())
-        if config.get("format") != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{directory}: config format {config.get('format')!r}, expected {FORMAT_VERSION}"
-            )
+        if not isinstance(config, dict) or config.get("format") != FORMAT_VERSION:
+            found = config.get("format") if isinstance(config, dict) else type(config).__name__
+            raise CheckpointError(f"{directory.name}: config format {found!r}, expected {FORMAT_VERSION}")
+        if not isinstance(config.get("model"), dict) or not isinstance(config.get("encoding"), dict):
+            raise CheckpointError(f"{directory.name}/config.json: `model` and `encoding` must be objects")
         return (
             RewardModelConfig.from_dict(config["model"]),
             EncodingSpec.from_dict(config["encoding"]),
             config,
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{directory}/config.json: incompatible config ({exc})") from exc
+        raise CheckpointError(f"{directory.name}/config.json: incompatible config ({exc})") from exc
 
 
-def load_version(directory: str | Path, device: str | torch.device = "cpu") -> LoadedVersion:
-    """Rebuild a model from a version directory alone, after verifying every checksum."""
+def _read_metrics(directory: Path) -> dict:
+    try:
+        metrics = json.loads((directory / "metrics.json").read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"{directory.name}/metrics.json: unreadable ({exc})") from exc
+    check_calibration(metrics, directory.name)
+    return metrics
+
+
+def load_version(
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+    manifest: dict | None = None,
+) -> LoadedVersion:
+    """Rebuild a model from a version directory alone, after verifying every checksum (`manifest`: what
+    `verify_version` returned for it already, so that a caller can hash on another thread), the
+    calibration, the architecture's bounds and the weights file's header against the architecture and
+    the memory budget; nothing is allocated for the weights before these pass."""
     directory = Path(directory)
-    manifest = verify_version(directory)
+    manifest = manifest if manifest is not None else verify_version(directory)
     model_cfg, spec, config = _read_config(directory)
+    metrics = _read_metrics(directory)
+    check_architecture_bounds(model_cfg, directory.name)
+    check_weights_file(directory / "model.safetensors", model_cfg, max_model_bytes)
     try:
         tokenizer = PairTokenizer.load(directory / "tokenizer.json", spec)
         state = load_file(str(directory / "model.safetensors"))
         model = RewardModel(model_cfg)
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except Exception as exc:  # safetensors, tokenizers and torch each raise their own types
-        raise CheckpointError(f"{directory}: cannot load weights/tokenizer ({exc})") from exc
+        raise CheckpointError(f"{directory.name}: cannot load weights/tokenizer ({exc})") from exc
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise CheckpointError(
-            f"{directory}: tokenizer has {tokenizer.vocab_size} tokens, model only {model_cfg.vocab_size}"
+            f"{directory.name}: tokenizer has {tokenizer.vocab_size} tokens, "
+            f"model only {model_cfg.vocab_size}"
         )
-    try:
-        metrics = json.loads((directory / "metrics.json").read_text())
-    except ValueError as exc:
-        raise CheckpointError(f"{directory}/metrics.json: unreadable ({exc})") from exc
     model.to(device).eval()
     name = manifest.get("version", directory.name)
     return LoadedVersion(name, model, tokenizer, manifest, metrics, config, NativeBackend(model, tokenizer))
@@ -203,6 +277,9 @@ def read_current(store: str | Path) -> str | None:
     path = Path(store) / CURRENT_FILE
     if not path.is_file():
         return None
+    store_real = os.path.realpath(store)
+    if os.path.commonpath([store_real, os.path.realpath(path)]) != store_real:
+        raise CheckpointError(f"{CURRENT_FILE} resolves outside the model store")
     return validate_version_name(path.read_text().strip())
 
 
@@ -304,3 +381,96 @@ def remove_stale_temporaries(store: str | Path, older_than_s: float = 0.0) -> li
         if not path.exists():  # a read-only store keeps them: not reported as removed
             removed.append(path.name)
     return removed
+
+
+# --- checks of a checkpoint's size and weights file, before anything is allocated for it ---
+
+
+def check_architecture_bounds(cfg: RewardModelConfig, name: str) -> None:
+    """Whole numbers within ARCHITECTURE_BOUNDS; a 300-layer config is refused before any allocation."""
+    for field in fields(RewardModelConfig):
+        value = getattr(cfg, field.name)
+        if field.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+            raise CheckpointError(f"{name}/config.json: model.{field.name} must be an integer, got {value!r}")
+    too_large = {k: getattr(cfg, k) for k, bound in ARCHITECTURE_BOUNDS.items() if getattr(cfg, k) > bound}
+    if too_large:
+        limits = {k: ARCHITECTURE_BOUNDS[k] for k in too_large}
+        raise CheckpointError(f"{name}/config.json: architecture {too_large} exceeds the bounds {limits}")
+
+
+def expected_tensors(cfg: RewardModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of the model's state dict, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = RewardModel(cfg)
+    return {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+
+
+def read_safetensors_header(path: Path) -> dict:
+    """The header of a safetensors file (8-byte little-endian length, then JSON), bounded in size and
+    tensor count, with each tensor's data range checked against the file's size."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        (length,) = struct.unpack("<Q", prefix) if len(prefix) == 8 else (-1,)
+        if not 0 < length <= min(MAX_SAFETENSORS_HEADER_BYTES, size - 8):
+            raise CheckpointError(
+                f"model.safetensors: header of {length} bytes (at most {MAX_SAFETENSORS_HEADER_BYTES})"
+            )
+        try:
+            header = json.loads(f.read(length))
+        except ValueError as exc:
+            raise CheckpointError(f"model.safetensors: unreadable header ({exc})") from exc
+    if not isinstance(header, dict) or len(header) > MAX_TENSORS + 1:  # + the optional __metadata__
+        raise CheckpointError(f"model.safetensors: header is not an object of at most {MAX_TENSORS} tensors")
+    header.pop("__metadata__", None)
+    for key, entry in header.items():
+        _check_tensor_entry(key, entry, size - 8 - length)
+    return header
+
+
+def _check_tensor_entry(key: str, entry: object, data_size: int) -> None:
+    try:
+        dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        valid = dtype in SAFETENSORS_DTYPE_BYTES and all(isinstance(n, int) and n >= 0 for n in shape)
+        nbytes = math.prod(shape) * SAFETENSORS_DTYPE_BYTES[dtype] if valid else -1
+        valid = valid and 0 <= begin <= end <= data_size and end - begin == nbytes
+    except (TypeError, KeyError, ValueError):
+        valid = False
+    if not valid:
+        raise CheckpointError(f"model.safetensors: tensor {key!r} has a malformed entry in the header")
+
+
+def memory_available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_weights_file(path: Path, cfg: RewardModelConfig, max_model_bytes: int) -> None:
+    """Before loading: the file's tensors must be exactly the model's (names and shapes), and the load's
+    memory (the file's tensors plus the float32 model) within `max_model_bytes` and what is available."""
+    header = read_safetensors_header(path)
+    expected = expected_tensors(cfg)
+    found = {key: tuple(entry["shape"]) for key, entry in header.items()}
+    if found != expected:
+        missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+        reshaped = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
+        raise CheckpointError(
+            f"model.safetensors does not match config.json: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, other shapes {reshaped[:5]}"
+        )
+    needed = sum(entry["data_offsets"][1] - entry["data_offsets"][0] for entry in header.values())
+    needed += 4 * sum(math.prod(shape) for shape in expected.values())
+    available = memory_available_bytes()
+    if needed > max_model_bytes or (available is not None and needed > available):
+        raise CheckpointError(
+            f"loading needs about {needed / 2**20:.0f} MiB; the limit is {max_model_bytes / 2**20:.0f} MiB "
+            f"(REWARD_MAX_MODEL_BYTES) and {'?' if available is None else available // 2**20} MiB "
+            "are available"
+        )

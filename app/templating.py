@@ -64,15 +64,23 @@ class TextPair:
     response: str
 
 
+def _run_of(markers: Sequence[str]) -> re.Pattern:
+    """Any run of whitespace and `markers` at the start of a string (longest markers tried first)."""
+    alternatives = "|".join(re.escape(m) for m in sorted(markers, key=len, reverse=True))
+    return re.compile(rf"(?:\s|{alternatives})*+")
+
+
+# Stripping scans each end once with one regex (the trailing end on the reversed text), so a text made
+# of markers costs linear time; removing one marker at a time copied the whole text per marker.
+_LEADING_RUN = _run_of(LEADING_MARKERS)
+_TRAILING_RUN_REVERSED = _run_of([m[::-1] for m in TRAILING_MARKERS])
+
+
 def strip_markers(text: str) -> str:
     """Remove leading BOS and trailing EOS/pad markers (any number of them) and surrounding whitespace."""
-    previous = None
-    while previous != text:
-        previous = text
-        text = text.strip()
-        text = next((text[len(m) :] for m in LEADING_MARKERS if text.startswith(m)), text)
-        text = next((text[: -len(m)] for m in TRAILING_MARKERS if text.endswith(m)), text)
-    return text
+    start = _LEADING_RUN.match(text).end()
+    end = len(text) - _TRAILING_RUN_REVERSED.match(text[::-1]).end()
+    return text[start:end] if start < end else ""
 
 
 def message_text(content: Any) -> str:
@@ -115,8 +123,8 @@ def _clean_prompt(raw_prompt: str) -> str:
 def _cut_after_last_assistant_header(text: str) -> tuple[str, str]:
     template = _detect(text)
     if template is not None:
-        last = list(template.assistant_header.finditer(text))[-1]
-        return text[: last.end()], text[last.end() :]
+        cut = max(match.end() for match in template.assistant_header.finditer(text))
+        return text[:cut], text[cut:]
     cut = text.rfind(HH_ASSISTANT)
     if cut >= 0:
         return text[: cut + len(HH_ASSISTANT)], text[cut + len(HH_ASSISTANT) :]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import gc
 import logging
 from dataclasses import dataclass
@@ -34,6 +35,19 @@ def release_freed_memory() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC}
+
+
+def caused_by_resource_exhaustion(exc: BaseException) -> bool:
+    """Whether an OSError of exhausted resources is in the exception's chain: not the version's fault."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in RESOURCE_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass(frozen=True)
@@ -100,13 +114,18 @@ class ModelWatcher:
             return ReloadResult("rollback", previous.version, replaced.version if replaced else None)
 
     async def check_store(self) -> ReloadResult | None:
-        """One poll: reload when CURRENT changed since last seen; a refusal is logged, not raised."""
+        """One poll: reload when CURRENT changed since last seen; a refusal is logged, not raised. A
+        refusal caused by the machine (out of file descriptors or memory) is retried at the next poll."""
+        self.metrics.store_checked()
         current = self._read_current()
         if current is None or current == self._seen_current:
             return None
         self._seen_current = current
-        with contextlib.suppress(CheckpointError):
+        try:
             return await self.reload()
+        except CheckpointError as exc:
+            if caused_by_resource_exhaustion(exc):
+                self._seen_current = None
         return None
 
     async def _watch(self) -> None:
@@ -120,7 +139,7 @@ class ModelWatcher:
     async def _load_and_swap(self, name: str) -> ReloadResult:
         live = self.registry.current
         try:
-            loaded = await self.registry.run_compute(self.registry.load, name)
+            loaded = await self.registry.load_off_loop(name)
         except Exception as exc:  # every failure of a candidate is a refusal, whatever raised it
             reason = " ".join(str(exc).split()) or type(exc).__name__  # torch errors span lines
             self.metrics.reload_finished("refused")
@@ -131,6 +150,7 @@ class ModelWatcher:
         self.metrics.model_loaded(loaded.version, self.registry.last_load_seconds)
         self.metrics.reload_finished("success")
         await asyncio.to_thread(release_freed_memory)  # the version before `replaced` is unreferenced now
+        self.registry.release_device_memory()
         return ReloadResult(
             "success", loaded.version, replaced and replaced.version, self.registry.last_load_seconds
         )

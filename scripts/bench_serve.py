@@ -324,8 +324,8 @@ def load_live(store: Path, dtype: str) -> LoadedVersion:
     if version is None:
         raise SystemExit(f"{store}: no CURRENT version to benchmark")
     device = resolve_device("auto")
-    loaded = load_version(version_dir(store, version), device=device)
-    prepare_for_serving(loaded, resolve_dtype(dtype, device))
+    loaded = load_version(version_dir(store, version))
+    prepare_for_serving(loaded, resolve_dtype(dtype, device), device)
     return loaded
 
 
@@ -704,6 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="only compare --dtype with float32 on N preference pairs of --data, print JSON and exit",
     )
+    parser.add_argument(
+        "--ceiling-only", action="store_true", help="only measure the in-process ceiling, print JSON and exit"
+    )
     parser.add_argument("--serve-naive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     return parser
@@ -732,6 +735,9 @@ def main(argv: list[str] | None = None) -> None:
                 args.ceiling_repeats,
             )  # fmt: skip
             print(f"  ceiling {ceiling['best_items_per_s']:.1f} items/s", file=sys.stderr, flush=True)
+    if args.ceiling_only:
+        print(json.dumps({"dtype": str(next(version.model.parameters()).dtype), **ceiling}, indent=2))
+        return
     facts = machine_facts(args, version, len(pairs))
     version = None  # free the ceiling's model while the servers run
     if args.url:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -84,6 +85,31 @@ def tiny_model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("model_store")
     publish_tiny_version(store, TINY_VERSION)
     return store
+
+
+def readiness_after(
+    client: httpx.Client, done: Callable[[httpx.Response], bool], timeout_s: float = 120.0
+) -> dict:
+    """Poll /readyz until `done(response)`; its JSON body."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = client.get("/readyz")
+        if done(response):
+            return response.json()
+        time.sleep(0.1)
+    raise AssertionError(f"/readyz never got there: {response.status_code} {response.text}")
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of an external program a test needs. Missing, the test skips on a workstation but fails
+    under CI (CI=true), where .ci/run installs it: a silent skip there would hide an untested path."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (apt-get install -y {package})"
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"{message}; CI must install it")
+        pytest.skip(message)
+    return path
 
 
 def free_port() -> int:

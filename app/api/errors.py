@@ -83,9 +83,30 @@ async def handle_http_exception(request: Request, exc: StarletteHTTPException) -
     return error_response(exc.status_code, kind, str(exc.detail), details, getattr(exc, "headers", None))
 
 
-async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s", request.url.path)
+_traced: set[tuple[str, str, int]] = set()  # (type, file, line) of the errors logged with a traceback
+
+
+def log_unexpected(path: str, exc: BaseException) -> None:
+    """One line per unexpected error; its traceback only the first time that error is raised from that
+    line: a client repeating a request that trips a bug must not write kilobytes of log per request."""
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    where = (type(exc).__name__, frame.tb_frame.f_code.co_filename, frame.tb_lineno) if frame else ("", "", 0)
+    summary = " ".join(str(exc).split())[:200]
+    first = where not in _traced
+    _traced.add(where)
+    note = "" if first else " (traceback logged before)"
+    log.error("unhandled %s on %s: %s%s", where[0], path, summary, note, exc_info=exc if first else None)
+
+
+def unexpected_error_response() -> JSONResponse:
     return error_response(500, "internal_error", "internal error; see the server log")
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log_unexpected(request.url.path, exc)
+    return unexpected_error_response()
 
 
 def install_error_handlers(app: FastAPI) -> None:

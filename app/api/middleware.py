@@ -8,9 +8,11 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import error_response
+from app.api.errors import error_response, log_unexpected, unexpected_error_response
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# a percent-escape of a character that never needs one (RFC 3986 unreserved) or of a path separator
+_DISGUISED_PATH_CHARACTER = re.compile(rb"%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DdEeFf]|5[CcFf]|7[Ee])")
 
 
 class BodyTooLarge(HTTPException):
@@ -78,3 +80,58 @@ class BodySizeLimitMiddleware:
 
     def too_large(self) -> ASGIApp:
         return error_response(413, "payload_too_large", self.message(), self.details())
+
+
+class CanonicalPathMiddleware:
+    """Refuse (400) a path that percent-encodes a letter, digit, '-', '.', '_', '~', '/' or '\\'.
+
+    The server decodes escapes before routing, so `/%61dmin/rollback` would reach `/admin/rollback`
+    while a proxy rule on the raw path (`path_beg /admin/`) lets it through. No route of this service
+    needs such an escape, so refusing them keeps the path a proxy sees and the route that runs the same.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path = scope.get("raw_path") or b""
+        if scope["type"] == "http" and _DISGUISED_PATH_CHARACTER.search(raw_path):
+            response = error_response(
+                400, "bad_request", "the path percent-encodes characters that must appear as they are",
+                [{"loc": ["path"], "msg": "percent-encoded unreserved character or slash",
+                  "got": raw_path.decode("latin-1")[:200]}],
+            )  # fmt: skip
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class UnexpectedErrorMiddleware:
+    """Answer an unexpected exception with the JSON 500 and keep the connection open.
+
+    Left to the outermost error handler, the exception would also be re-raised to the server, which logs
+    its traceback again and closes the keep-alive connection. Here it is logged once (log_unexpected) and
+    ends with the response. An error after the response started can only abort it: re-raised.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception as exc:
+            if started:
+                raise
+            log_unexpected(scope.get("path", ""), exc)
+            await unexpected_error_response()(scope, receive, send)

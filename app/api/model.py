@@ -12,6 +12,8 @@ from app.errors import NotFound
 from app.schemas import NAMESPACE_PATTERN, ModelInfo, RunningStatsResponse
 
 router = APIRouter(tags=["model"])
+PUBLIC_MANIFEST_SECTIONS = ("training_args",)  # sections whose path-like values stay on the server
+PATH_ARGUMENTS = {"data", "model_store", "feature_cache"}  # training arguments that name local paths
 Namespace = Annotated[
     str, Path(pattern=NAMESPACE_PATTERN, description="The running-statistics namespace (RL run id).")
 ]
@@ -31,8 +33,29 @@ async def read_model(service: Service, registry: Registry) -> ModelInfo:
         dtype=str(registry.dtype).removeprefix("torch."),
         calibration={"reward_mean": mean, "reward_std": std},
         metrics=version.metrics,
-        manifest=version.manifest,
+        manifest=public_manifest(version.manifest),
     )
+
+
+def looks_like_path(value: object) -> bool:
+    """A filesystem path (or a list holding one): it tells a client how the training host is laid out."""
+    if isinstance(value, str):
+        return "/" in value or "\\" in value or value.startswith("~")
+    if isinstance(value, (list, tuple)):
+        return any(looks_like_path(item) for item in value)
+    return False
+
+
+def public_manifest(manifest: dict) -> dict:
+    """The manifest less the path-like training arguments (data files, caches, output directories);
+    hyperparameters, checksums and data counts stay."""
+    public = dict(manifest)
+    for section in PUBLIC_MANIFEST_SECTIONS:
+        if isinstance(public.get(section), dict):
+            public[section] = {
+                k: v for k, v in public[section].items() if k not in PATH_ARGUMENTS and not looks_like_path(v)
+            }
+    return public
 
 
 @router.get("/v1/stats/{namespace}", response_model=RunningStatsResponse, responses=error_docs(404, 422))

@@ -52,7 +52,8 @@ class RewardBackend(Protocol):
         The result of an input does not depend on the others in the call (beyond float rounding)."""
         ...
 
-    def prepare(self, dtype: torch.dtype) -> None:
-        """Make a freshly loaded model ready to serve in `dtype` (eval mode, cast); raises CheckpointError
+    def prepare(self, dtype: torch.dtype, device: torch.device) -> None:
+        """Make a model freshly loaded on the CPU ready to serve in `dtype` on `device` (eval mode, cast
+        on the CPU, then moved, so no float32 copy is staged on an accelerator); raises CheckpointError
         when the checkpoint cannot serve (e.g. its encoding does not fit the model). Compute thread."""
         ...

@@ -66,9 +66,9 @@ class NativeBackend:
     def forward(self, ids: Sequence[Sequence[int]]) -> list[float]:
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         input_ids, mask = self.tokenizer.pad([ids[i] for i in order])  # (B, T) each
-        if self.device.type == "cuda":  # page-locked host memory: the copies run asynchronously
-            input_ids = input_ids.pin_memory().to(self.device, non_blocking=True)
-            mask = mask.pin_memory().to(self.device, non_blocking=True)
+        # A plain copy: pinning a fresh host buffer per batch costs a page-locked allocation and overlaps
+        # nothing, since the next step (the forward, then .cpu()) waits for the batch anyway.
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         try:
             with torch.inference_mode():
                 sorted_out = self.model(input_ids, mask).float().cpu().tolist()  # (B,); .cpu() synchronizes
@@ -82,13 +82,14 @@ class NativeBackend:
             raw[index] = sorted_out[position]
         return raw
 
-    def prepare(self, dtype: torch.dtype) -> None:
+    def prepare(self, dtype: torch.dtype, device: torch.device) -> None:
         """Check that the encoding fits the model, then eval mode (no dropout; the nested-tensor fast path)
         with the encoder in `dtype`; the reward head, a tiny MLP, stays in float32 so rewards keep their
-        precision (see RewardHead)."""
+        precision (see RewardHead). Cast where the weights are (the CPU), then move."""
         check_compatible(self.model, self.tokenizer)
         self.model.to(dtype=dtype).eval()
         self.model.head.float()
+        self.model.to(device)
 
 
 def check_compatible(model: RewardModel, tokenizer: PairTokenizer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -110,7 +111,9 @@ def test_requests_shed_with_429_are_retried_until_served(
     assert rewards == pytest.approx(expected + expected, rel=1e-5, abs=1e-6)
 
 
-def test_retries_carry_a_call_across_a_server_restart(tiny_model_store: Path, tmp_path: Path):
+def test_retries_carry_a_call_across_a_server_restart(
+    tiny_model_store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
 
@@ -129,8 +132,11 @@ def test_retries_carry_a_call_across_a_server_restart(tiny_model_store: Path, tm
         during = threading.Thread(
             target=lambda: outcome.update(rewards=client.score_batch(PROMPTS[:5], RESPONSES[:5]))
         )
-        during.start()
-        with server_on_port():
-            during.join(timeout=60)
+        with caplog.at_level(logging.DEBUG, logger="app.client"):
+            during.start()
+            with server_on_port():
+                during.join(timeout=60)
     assert not during.is_alive()
+    failed_attempts = [r for r in caplog.records if "reward request attempt" in r.getMessage()]
+    assert failed_attempts, "the call succeeded without a retry: the server was never down for it"
     assert outcome["rewards"] == pytest.approx(before, rel=1e-5, abs=1e-6)

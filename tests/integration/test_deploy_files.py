@@ -15,7 +15,6 @@ import fnmatch
 import json
 import re
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import httpx
 import pytest
 
 from app.config import Settings
+from tests.conftest import require_tool
 
 yaml = pytest.importorskip("yaml", reason="pyyaml reads the compose and Prometheus files (dev extra)")
 
@@ -239,6 +239,15 @@ def test_image_installs_the_project_without_dev_extras() -> None:
     assert not any("[dev]" in a or "-e " in a for a in installs)
 
 
+def test_image_installs_the_locked_versions() -> None:
+    [install] = [
+        a for n, a in dockerfile_instructions() if n == "RUN" and re.search(r"pip install \.(\s|$)", a)
+    ]
+    constraints = re.search(r"-c (\S+)", install)
+    assert constraints, "the project is installed without the lock's versions as constraints"
+    assert f"requirements.lock > {constraints[1]}" in install and "grep -v '^torch=='" in install
+
+
 def test_build_context_keeps_out_local_state_but_not_what_the_image_copies() -> None:
     copied = [
         word
@@ -376,10 +385,12 @@ def test_grafana_provisioning_points_at_the_dashboards_and_the_datasource_they_u
 # --- real validators, when installed ---
 
 
+DEBIAN_PACKAGE = {"promtool": "prometheus", "haproxy": "haproxy"}
+
+
 def run_tool(*command: str) -> subprocess.CompletedProcess:
-    if shutil.which(command[0]) is None:
-        pytest.skip(f"{command[0]} is not installed (Debian package: see the module docstring)")
-    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+    program = require_tool(command[0], DEBIAN_PACKAGE[command[0]])
+    return subprocess.run([program, *command[1:]], capture_output=True, text=True, timeout=60)
 
 
 def test_promtool_accepts_the_prometheus_config() -> None:
@@ -472,7 +483,8 @@ def local_haproxy_config(replicas: dict[str, int], port: int) -> str:
 def running_haproxy(config: str, port: int, tmp_path: Path) -> Iterator[str]:
     path = tmp_path / "haproxy.cfg"
     path.write_text(config)
-    process = subprocess.Popen(["haproxy", "-db", "-f", str(path)], stdout=subprocess.DEVNULL)
+    haproxy = require_tool("haproxy", "haproxy")
+    process = subprocess.Popen([haproxy, "-db", "-f", str(path)], stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -487,8 +499,6 @@ def running_haproxy(config: str, port: int, tmp_path: Path) -> Iterator[str]:
 
 
 def test_load_balancer_sends_each_namespace_to_one_replica(tmp_path: Path) -> None:
-    if shutil.which("haproxy") is None:
-        pytest.skip("haproxy is not installed (Debian package haproxy)")
     port = free_port()
     with (
         replica_stand_ins(3) as replicas,
@@ -508,9 +518,36 @@ def test_load_balancer_sends_each_namespace_to_one_replica(tmp_path: Path) -> No
             stats = client.get(f"/v1/stats/{namespace}").json()
             assert {stats["replica"]} == served_by[namespace] and stats["namespace"] == namespace
 
+        # trainers that cannot set headers name the namespace in the URL (OpenRLHF's remote_url)
+        for namespace in [f"run-{i}" for i in range(12)] + ["team a"]:
+            answer = client.post("/get_reward", params={"namespace": namespace}, json={}).json()
+            assert answer["replica"] in served_by[namespace] and answer["namespace"] == namespace
+
         # requests without a namespace are spread instead of piling onto one replica
         anonymous = {client.post("/score", json={}).json()["replica"] for _ in range(6)}
         assert len(anonymous) > 1
 
-        refused = client.post("/admin/reload")
-        assert refused.status_code == 403 and refused.json()["error"]["type"] == "forbidden"
+        for admin_path in ("/admin/reload", "/%61dmin/reload", "/admin%2Freload"):  # decoded before matching
+            refused = client.post(admin_path)
+            assert refused.status_code == 403 and refused.json()["error"]["type"] == "forbidden", admin_path
+
+
+def test_time_since_last_reload_is_empty_until_a_replica_reloads(tmp_path: Path) -> None:
+    """The gauge is 0 until the first reload: the panel must show no value, not time() (56 years)."""
+    [expr] = [e for e in dashboard_expressions() if "reward_last_reload_timestamp_seconds" in e]
+    expr = expr.replace("$instance", ".*")
+    (tmp_path / "rules.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "panel", "rules": [{"record": "since_reload", "expr": expr}]}]})
+    )
+    series = "reward_last_reload_timestamp_seconds{instance='a'}"
+    fresh = {"interval": "1m", "input_series": [{"series": series, "values": "0x5"}]}
+    fresh["promql_expr_test"] = [{"expr": expr, "eval_time": "5m", "exp_samples": []}]
+    reloaded = {"interval": "1m", "input_series": [{"series": series, "values": "60x5"}]}
+    reloaded["promql_expr_test"] = [
+        {"expr": expr, "eval_time": "5m", "exp_samples": [{"labels": "{}", "value": 240}]}
+    ]
+    (tmp_path / "test.yml").write_text(
+        yaml.safe_dump({"rule_files": ["rules.yml"], "tests": [fresh, reloaded]})
+    )
+    result = run_tool("promtool", "test", "rules", str(tmp_path / "test.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -21,10 +21,11 @@ STORE = REPO / "model_store"
 BF16_TOLERANCE_STD = 0.04
 
 
-def test_auto_is_bfloat16_exactly_when_the_cpu_has_native_bf16() -> None:
+def test_auto_is_bfloat16_exactly_when_the_device_has_native_bf16() -> None:
     expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     assert resolve_dtype("auto", torch.device("cpu")) == expected
-    assert resolve_dtype("auto", torch.device("cuda")) == torch.float32
+    cuda_half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    assert resolve_dtype("auto", torch.device("cuda")) == cuda_half
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(CheckpointError, match="float16 needs a CUDA device"):
         resolve_dtype("float16", torch.device("cpu"))

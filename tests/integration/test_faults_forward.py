@@ -18,7 +18,15 @@ import pytest
 import torch
 
 from app.store import publish_version, save_checkpoint_files
-from tests.conftest import calibration_of, sample_texts, start_server, tiny_model, tiny_tokenizer
+from tests.conftest import (
+    calibration_of,
+    sample,
+    sample_texts,
+    scrape_metrics,
+    start_server,
+    tiny_model,
+    tiny_tokenizer,
+)
 
 POISON_TOKEN = "Q"  # a byte token that neither the canary inputs nor the tiny sample texts contain
 POISON_TEXT = "QQQ is what I say"
@@ -41,9 +49,15 @@ def poisoned_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def poisoned_server(poisoned_store: Path, tmp_path_factory: pytest.TempPathFactory):
-    env = {"REWARD_MAX_WAIT_MS": "200", "REWARD_UNREADY_AFTER_FAILURES": str(UNREADY_AFTER)}
+    env = {"REWARD_MAX_WAIT_MS": "500", "REWARD_UNREADY_AFTER_FAILURES": str(UNREADY_AFTER)}
     with start_server(poisoned_store, tmp_path_factory.mktemp("poisoned"), env=env) as server:
         yield server
+
+
+def batch_counters(url: str) -> tuple[float, float]:
+    """Micro-batches run so far and the items they held, from /metrics."""
+    samples = scrape_metrics(url)
+    return sample(samples, "reward_batch_size_count"), sample(samples, "reward_batch_size_sum")
 
 
 def score(url: str, prompt: str, response: str) -> httpx.Response:
@@ -53,9 +67,14 @@ def score(url: str, prompt: str, response: str) -> httpx.Response:
 def test_a_failing_item_fails_alone_and_its_batch_neighbours_get_rewards(poisoned_server) -> None:
     clean = sample_texts(6, seed=11)
     pairs = [(text, text) for text in clean] + [("hello", POISON_TEXT)]
-    # sent together: with a 200 ms batching window they share micro-batches
+    before = batch_counters(poisoned_server.url)
+    # sent together: with a 500 ms batching window they share one micro-batch
     with concurrent.futures.ThreadPoolExecutor(len(pairs)) as pool:
         answers = list(pool.map(lambda pair: score(poisoned_server.url, *pair), pairs))
+    batches, items = (
+        after - earlier for after, earlier in zip(batch_counters(poisoned_server.url), before, strict=True)
+    )
+    assert (batches, items) == (1, len(pairs)), "the poisoned item did not share its micro-batch"
     *clean_answers, poisoned = answers
     assert [a.status_code for a in clean_answers] == [200] * len(clean)
     assert all(math.isfinite(a.json()["reward"]) for a in clean_answers)

@@ -41,7 +41,7 @@ INNOCENT = [Pair(prompt=text, response=text[::-1]) for text in sample_texts(7, s
 
 def build_service(store: Path, policy: BatchPolicy, reports: list[BatchReport]) -> ScoringService:
     registry = ModelRegistry(store, device="cpu", dtype="float32")
-    registry.load_current()
+    registry.activate(registry.load())
     health = ModelHealth()
     batcher = MicroBatcher(BatchScorer(health), policy, reports.append, executor=registry.compute)
     admission = Admission(heuristic_config())

@@ -4,7 +4,6 @@ loopback; its HTTP query API then returns the latency histogram and the version 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -13,12 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, free_port, publish_tiny_version, start_server
+from tests.conftest import RunningServer, free_port, publish_tiny_version, require_tool, start_server
 
-PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None, reason="the prometheus binary is not installed (apt-get install -y prometheus)"
-)
 WAIT_S = 30.0  # for Prometheus to start, and for a scrape to show a change
 PAIR = {"prompt": "how do i boil an egg", "response": "put it in boiling water for eight minutes"}
 
@@ -31,10 +26,10 @@ def prometheus_scraping(target: str, workdir: Path) -> Iterator[str]:
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
         f"scrape_configs:\n  - job_name: reward\n    static_configs:\n      - targets: ['{target}']\n"
     )
-    port = free_port()
+    prometheus, port = require_tool("prometheus", "prometheus"), free_port()
     log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115 - closed below, after the process
     process = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+        [prometheus, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
          f"--web.listen-address=127.0.0.1:{port}"],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip

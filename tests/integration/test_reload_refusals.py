@@ -67,7 +67,7 @@ def publish_corrupt(store: Path, version: str, corrupt: Callable[[Path], None] |
 
 CORRUPTIONS = {
     "bad-checksum": (flip_a_weight_byte, "does not match the manifest"),
-    "truncated-weights": (truncate_weights, "cannot load weights"),
+    "truncated-weights": (truncate_weights, "model.safetensors"),
     "incompatible-config": (outgrow_the_position_table, "incompatible config"),
     "nan-outputs": (None, "non-finite rewards"),
 }
@@ -148,6 +148,18 @@ def test_the_watcher_refuses_a_corrupt_current_once_and_still_takes_the_next_goo
         watch_a_refusal_then_a_good_version(store, server)
 
 
+async def polls_observed(server: RunningServer, count: int) -> None:
+    """Wait until the watcher has polled the store `count` more times (reward_store_checks_total)."""
+
+    def polls() -> float:
+        return sample(scrape_metrics(server.url), "reward_store_checks_total")
+
+    target, deadline = polls() + count, time.monotonic() + 20
+    while polls() < target:
+        assert time.monotonic() < deadline, f"the watcher did not poll {count} times within 20 s"
+        await asyncio.sleep(0.05)
+
+
 def watch_a_refusal_then_a_good_version(store: Path, server: RunningServer) -> None:
     refused_before = refusals(server)
 
@@ -157,7 +169,7 @@ def watch_a_refusal_then_a_good_version(store: Path, server: RunningServer) -> N
         while refusals(server) == refused_before:
             assert time.monotonic() < deadline, "the watcher did not try the new CURRENT within 20 s"
             await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)  # five more polls: a refused version must not be retried
+        await polls_observed(server, 5)  # a refused version must not be retried by later polls
         return await client.get("/readyz")
 
     ready, answers = asyncio.run(during_traffic(server.url, point_current_at_it_and_wait))

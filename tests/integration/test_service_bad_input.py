@@ -4,6 +4,7 @@ and never disturbs other clients' requests."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,13 +133,29 @@ def test_unknown_routes_and_methods_use_the_error_shape(limited_server: RunningS
     assert_error(httpx.get(f"{limited_server.url}/score"), 405, "method_not_allowed")
 
 
+# Valid JSON and a valid str for pydantic, but not encodable as UTF-8: the tokenizer refuses it. Such a
+# request passes validation and fails only when its text is tokenized.
+UNENCODABLE = json.dumps({"prompt": "how do i boil an egg", "response": "put it in \ud800 water"}).encode()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="texts are tokenized inside the micro-batch, so one unencodable text fails its whole batch "
+    "(innocent requests get 500); passes once requests are tokenized at admission, then drop this mark",
+)
 def test_bad_requests_never_fail_other_clients(limited_server: RunningServer) -> None:
+    """Requests that fail after validation, sent together with innocent ones (same batching window):
+    each fails alone with a 4xx, every innocent request gets its reward."""
+
     async def drive() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=limited_server.url, timeout=30) as client:
             good = [client.post("/score", json=GOOD) for _ in range(16)]
-            bad = [client.post("/score", json={**GOOD, "alpha": 9}) for _ in range(16)]
-            return await asyncio.gather(*good, *bad)
+            invalid = [client.post("/score", json={**GOOD, "alpha": 9}) for _ in range(4)]
+            headers = {"content-type": "application/json"}
+            unencodable = [client.post("/score", content=UNENCODABLE, headers=headers) for _ in range(4)]
+            return await asyncio.gather(*good, *invalid, *unencodable)
 
     responses = asyncio.run(drive())
-    assert [r.status_code for r in responses] == [200] * 16 + [422] * 16
+    assert [r.status_code for r in responses[:20]] == [200] * 16 + [422] * 4
+    assert [r.status_code for r in responses[20:]] == [422] * 4, responses[20].text
     assert httpx.get(f"{limited_server.url}/readyz").status_code == 200

@@ -1,4 +1,5 @@
-"""A flooded queue answers 429 with Retry-After at once; the server keeps serving afterwards."""
+"""A flooded queue answers 429 with Retry-After at once (at admission: a refused request's items never
+reach a forward pass); the server keeps serving afterwards."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+
+from tests.conftest import sample, scrape_metrics
 
 # a tiny queue and a long batch wait: requests pile up while the worker waits for a batch to fill
 FLOOD_ENV = {"REWARD_QUEUE_SIZE": "4", "REWARD_MAX_WAIT_MS": "200", "REWARD_MAX_BATCH_SIZE": "64"}
@@ -32,5 +35,9 @@ def test_flooded_queue_sheds_with_429_and_recovers(tiny_model_store: Path, serve
         assert all(r.headers["retry-after"] == "1" for r in shed)
         assert {r.json()["error"]["type"] for r in shed} == {"overloaded"}
         assert all(len(r.json()["rewards"]) == 2 for r in served)
+        metrics = scrape_metrics(server.url)
+        computed = sample(metrics, "reward_batch_size_sum")  # the warm-up runs beside the batcher
+        assert computed == len(ITEMS) * len(served), "refused requests were queued and computed"
+        assert sample(metrics, "reward_queue_depth") == 0
         after = httpx.post(f"{server.url}/score_batch", json={"items": ITEMS}, timeout=30)
         assert after.status_code == 200

@@ -107,8 +107,10 @@ def test_clip_bounds_the_final_reward(server_url: str) -> None:
 
 
 def test_health_readiness_and_model_info(server_url: str) -> None:
-    assert httpx.get(f"{server_url}/healthz").json() == {"status": "ok", "model_version": None}
-    assert httpx.get(f"{server_url}/readyz").json() == {"status": "ready", "model_version": TINY_VERSION}
+    assert httpx.get(f"{server_url}/healthz").json()["status"] == "ok"
+    ready = httpx.get(f"{server_url}/readyz").json()
+    assert (ready["status"], ready["model_version"]) == ("ready", TINY_VERSION)
+    assert set(ready["stats_snapshot"]) == {"last_success", "failures", "last_error"}
     info = httpx.get(f"{server_url}/v1/model").json()
     assert info["version"] == TINY_VERSION
     assert (info["architecture"]["hidden"], info["architecture"]["layers"], info["encoding"]["max_len"]) == (

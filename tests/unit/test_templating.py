@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+import sys
 
-from app.templating import TextPair, render_messages, split_templated, strip_markers
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.templating import (
+    LEADING_MARKERS,
+    TRAILING_MARKERS,
+    TextPair,
+    render_messages,
+    split_templated,
+    strip_markers,
+)
 
 HH_PROMPT = "\n\nHuman: What is 2+2?\n\nAssistant:"
 
@@ -79,3 +90,53 @@ def test_conversational_messages_render_as_an_hh_prompt():
         {"role": "user", "content": [{"type": "text", "text": "What is "}, {"type": "text", "text": "2+2?"}]},
     ]
     assert render_messages(messages) == "\n\nSystem: Be brief.\n\nHuman: What is 2+2?\n\nAssistant:"
+
+
+def strip_markers_one_at_a_time(text: str) -> str:
+    """The specification: strip whitespace, one leading and one trailing marker, until nothing changes."""
+    previous = None
+    while previous != text:
+        previous = text
+        text = text.strip()
+        text = next((text[len(m) :] for m in LEADING_MARKERS if text.startswith(m)), text)
+        text = next((text[: -len(m)] for m in TRAILING_MARKERS if text.endswith(m)), text)
+    return text
+
+
+MARKER_HEAVY = st.lists(
+    st.sampled_from([*LEADING_MARKERS, *TRAILING_MARKERS, " ", "\n", "x", "<", ">", "s", "/", "|"]),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(MARKER_HEAVY)
+def test_strip_markers_matches_removing_one_marker_at_a_time(text: str) -> None:
+    assert strip_markers(text) == strip_markers_one_at_a_time(text)
+
+
+def python_lines_run(fn, *args) -> int:
+    """Python line events inside app/templating.py while `fn(*args)` runs (C-level work is not counted)."""
+    count = 0
+
+    def tracer(frame, event, arg):
+        nonlocal count
+        if frame.f_code.co_filename.endswith("templating.py"):
+            count += event == "line"
+            return tracer
+        return None
+
+    sys.settrace(tracer)
+    try:
+        fn(*args)
+    finally:
+        sys.settrace(None)
+    return count
+
+
+@pytest.mark.parametrize("marker", ["<s>", "</s>", " <pad> "])
+def test_stripping_does_not_loop_once_per_marker(marker: str) -> None:
+    # a text of N markers must cost one pass per end, not N passes each copying the text
+    few = python_lines_run(strip_markers, marker * 10 + "hi" + marker * 10)
+    many = python_lines_run(strip_markers, marker * 10_000 + "hi" + marker * 10_000)
+    assert many == few

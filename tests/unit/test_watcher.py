@@ -19,7 +19,7 @@ from tests.conftest import publish_nan_version, publish_tiny_version
 
 def started_watcher(store: Path) -> ModelWatcher:
     registry = ModelRegistry(store, device="cpu")
-    registry.load_current()
+    asyncio.run(registry.load_current())
     watcher = ModelWatcher(registry, ServiceMetrics(), interval_s=0)  # polled by hand below
     watcher.start()
     return watcher
