@@ -134,15 +134,10 @@ def test_unknown_routes_and_methods_use_the_error_shape(limited_server: RunningS
 
 
 # Valid JSON and a valid str for pydantic, but not encodable as UTF-8: the tokenizer refuses it. Such a
-# request passes validation and fails only when its text is tokenized.
+# request passes validation and is refused (422) when its text is tokenized at admission.
 UNENCODABLE = json.dumps({"prompt": "how do i boil an egg", "response": "put it in \ud800 water"}).encode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="texts are tokenized inside the micro-batch, so one unencodable text fails its whole batch "
-    "(innocent requests get 500); passes once requests are tokenized at admission, then drop this mark",
-)
 def test_bad_requests_never_fail_other_clients(limited_server: RunningServer) -> None:
     """Requests that fail after validation, sent together with innocent ones (same batching window):
     each fails alone with a 4xx, every innocent request gets its reward."""
