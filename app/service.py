@@ -27,6 +27,7 @@ from app.store import LoadedVersion
 log = logging.getLogger(__name__)
 # requests waiting for a tokenizer thread, per thread, before more are refused with 429 at once
 PENDING_PER_TOKENIZE_THREAD = 64
+MODEL_FAILED = "the model cannot serve: it fails its known-good canary input too (see the server log)"
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,7 @@ class BatchScorer:
             raw = version.backend.forward([p.ids for p in payloads])
         except Exception:
             if self._model_failed(version, all_failed=True):
-                return [InferenceError("the model cannot serve: it fails its canary input too")] * len(
-                    payloads
-                )
+                return [InferenceError(MODEL_FAILED)] * len(payloads)
             raise
         self._model_failed(version, all_failed=not any(math.isfinite(r) for r in raw))
         mean, std = version.calibration

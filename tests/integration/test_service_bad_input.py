@@ -134,7 +134,7 @@ def test_unknown_routes_and_methods_use_the_error_shape(limited_server: RunningS
 
 
 # Valid JSON and a valid str for pydantic, but not encodable as UTF-8: the tokenizer refuses it. Such a
-# request passes validation and fails only when its text is tokenized.
+# request passes validation and is refused (422) when its text is tokenized at admission.
 UNENCODABLE = json.dumps({"prompt": "how do i boil an egg", "response": "put it in \ud800 water"}).encode()
 
 
