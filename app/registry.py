@@ -23,7 +23,6 @@ from app.store import LoadedVersion, load_version, read_current, version_dir
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MIN_MAX_LEN = 8  # tokens: CLS, two SEPs and a few of text on each side
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # fixed inputs of the warm-up forward: short, ordinary, empty-ish and longer than most models' max_len
 CANARY_PAIRS = (
@@ -60,10 +59,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def prepare_for_serving(version: LoadedVersion, dtype: torch.dtype) -> None:
-    """Eval mode (no dropout; the encoder's nested-tensor fast path) with the encoder in `dtype`; the
-    reward head, a tiny MLP, stays in float32 so rewards keep their precision (see RewardHead)."""
-    version.model.to(dtype=dtype).eval()
-    version.model.head.float()
+    """Ready a loaded version to serve in `dtype` (its backend checks that the checkpoint can serve)."""
+    try:
+        version.backend.prepare(dtype)
+    except CheckpointError as exc:
+        raise CheckpointError(f"version {version.version}: {exc}") from exc
 
 
 def configure_torch_threads(threads: int) -> None:
@@ -77,36 +77,11 @@ def configure_torch_threads(threads: int) -> None:
 
 
 def forward_raw(version: LoadedVersion, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-    """Raw model outputs for pairs, in input order: tokenize in Rust, sort by length, pad, one forward."""
-    ids = version.tokenizer.encode_pairs(prompts, responses)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    input_ids, mask = version.tokenizer.pad([ids[i] for i in order])  # (B, T) each
-    device = next(version.model.parameters()).device
-    if device.type == "cuda":  # page-locked host memory: the copies run asynchronously on the stream
-        input_ids = input_ids.pin_memory().to(device, non_blocking=True)
-        mask = mask.pin_memory().to(device, non_blocking=True)
-    with torch.inference_mode():
-        sorted_out = version.model(input_ids, mask).float().cpu().tolist()  # (B,); .cpu() synchronizes
-    raw = [0.0] * len(ids)
-    for position, index in enumerate(order):
-        raw[index] = sorted_out[position]
-    return raw
+    """Raw model outputs for pairs, in input order (encode and forward in one call: warm-up, benchmarks)."""
+    return version.backend.forward(version.backend.encode(prompts, responses))
 
 
-def check_compatible(version: LoadedVersion) -> None:
-    """Refuse an encoding this service cannot feed to the model: a pair must fit the position table,
-    leave room for text beside the three special tokens, and pad with the id the model masks."""
-    spec, cfg, tokenizer = version.tokenizer.spec, version.model.cfg, version.tokenizer
-    problems = []
-    if not MIN_MAX_LEN <= spec.max_len <= cfg.max_len:
-        problems.append(f"encoding max_len {spec.max_len} is not in [{MIN_MAX_LEN}, {cfg.max_len}] (model's)")
-    if tokenizer.pad_id != cfg.pad_id:
-        problems.append(f"tokenizer pads with id {tokenizer.pad_id}, the model masks id {cfg.pad_id}")
-    if problems:
-        raise CheckpointError(f"version {version.version}: incompatible config: {'; '.join(problems)}")
-
-
-def warm_up(version: LoadedVersion) -> None:
+def warm_up(version: LoadedVersion, dtype: torch.dtype) -> None:
     """Score the canary pairs alone and together; refuse non-finite or batch-dependent rewards."""
     prompts, responses = zip(*CANARY_PAIRS, strict=True)
     together = forward_raw(version, prompts, responses)
@@ -115,7 +90,7 @@ def warm_up(version: LoadedVersion) -> None:
         raise CheckpointError(f"version {version.version}: non-finite rewards on canary inputs: {together}")
     drift = max(abs(a - b) for a, b in zip(together, alone, strict=True))
     # a few units in the last place of the compute dtype (bf16: 2^-7) are rounding, not a batching bug
-    eps = torch.finfo(next(version.model.parameters()).dtype).eps
+    eps = torch.finfo(dtype).eps
     if drift > max(1e-3, 4 * eps) * max(1.0, max(abs(x) for x in alone)):
         raise CheckpointError(f"version {version.version}: rewards change with batching (by {drift:.3g})")
 
@@ -155,9 +130,8 @@ class ModelRegistry:
             raise CheckpointError(f"{self.store}: no CURRENT version; publish a model first (reward-train)")
         started = time.perf_counter()
         loaded = load_version(version_dir(self.store, name), device=self.device)
-        check_compatible(loaded)
         prepare_for_serving(loaded, self.dtype)
-        warm_up(loaded)
+        warm_up(loaded, self.dtype)
         self.last_load_seconds = time.perf_counter() - started
         return loaded
 

@@ -15,7 +15,7 @@ from app.errors import InferenceError, InvalidInput, NotReady
 from app.heuristics import DEFAULT_TOXIC_KEYWORDS, HeuristicConfig, HeuristicScore, heuristic_score
 from app.metrics import ServiceMetrics
 from app.normalize import RunningStats, batch_zscore, clip, hybrid, mixing_weights
-from app.registry import ModelRegistry, forward_raw
+from app.registry import ModelRegistry
 from app.schemas import HeuristicParts, ItemScore, Pair, ScoreBatchResponse, ScoreOptions
 from app.store import LoadedVersion
 
@@ -69,7 +69,9 @@ class BatchScorer:
         version = payloads[0].version
         if any(p.version is not version for p in payloads):
             raise RuntimeError("a micro-batch mixes model versions; the batcher must group by version")
-        raw = forward_raw(version, [p.prompt for p in payloads], [p.response for p in payloads])
+        raw = version.backend.forward(
+            version.backend.encode([p.prompt for p in payloads], [p.response for p in payloads])
+        )
         mean, std = version.calibration
         return [
             ItemParts(r, (r - mean) / std, heuristic_score(p.response, self.heuristics)) if math.isfinite(r)
@@ -146,7 +148,7 @@ class ScoringService:
         check_limits(pairs, self.defaults, batch)
         version = self.live_version()  # captured once: every item of this request uses it
         payloads = [PairPayload(p.prompt, p.response, version) for p in pairs]
-        lengths = [estimate_tokens(p, version.tokenizer.spec.max_len) for p in pairs]
+        lengths = [estimate_tokens(p, version.backend.max_len) for p in pairs]
         parts: list[ItemParts] = await self.batcher.run(payloads, lengths, group=id(version))
         return self._finish(parts, options, version.version)
 

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from app.backends import RewardBackend
+from app.backends.native import NativeBackend
 from app.errors import CheckpointError
 from app.model import RewardModel, RewardModelConfig
 from app.tokenizer import EncodingSpec, PairTokenizer
@@ -146,6 +148,7 @@ class LoadedVersion:
     manifest: dict
     metrics: dict
     config: dict
+    backend: RewardBackend  # the only way serving reaches the model: encode at admission, forward in batches
 
     @property
     def calibration(self) -> tuple[float, float]:
@@ -192,7 +195,8 @@ def load_version(directory: str | Path, device: str | torch.device = "cpu") -> L
     except ValueError as exc:
         raise CheckpointError(f"{directory}/metrics.json: unreadable ({exc})") from exc
     model.to(device).eval()
-    return LoadedVersion(manifest.get("version", directory.name), model, tokenizer, manifest, metrics, config)
+    name = manifest.get("version", directory.name)
+    return LoadedVersion(name, model, tokenizer, manifest, metrics, config, NativeBackend(model, tokenizer))
 
 
 def read_current(store: str | Path) -> str | None:

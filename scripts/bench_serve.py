@@ -421,10 +421,10 @@ def in_process_ceiling(
     largest pool while another thread runs Python `python_duty` of the time. Each figure is the best of
     two passes; with `repeats` > 1 all cases are measured in turn that often and the median is kept, so a
     slow spell of a shared machine does not fall on one case only."""
-    encoded = version.tokenizer.encode_pairs([p["prompt"] for p in pairs], [p["response"] for p in pairs])
+    encoded = version.backend.encode([p["prompt"] for p in pairs], [p["response"] for p in pairs])
     lengths = [len(ids) for ids in encoded]
     by_length = [pairs[i] for i in sorted(range(len(pairs)), key=lengths.__getitem__)]  # as the server sorts
-    max_len = version.tokenizer.spec.max_len
+    max_len = version.backend.max_len
     cases: dict[tuple[str, int], tuple[list[list[dict]], float]] = {}
     for size in batch_sizes:
         cases["size", size] = ([by_length[s : s + size] for s in range(0, len(pairs), size)], 0.0)
