@@ -9,6 +9,10 @@
         metrics.json       curves, validation accuracy, "reward_mean" / "reward_std" for calibration
         manifest.json      version, created, sha256 of every other file, training args, data fingerprint
 
+A Hugging Face version (`"backend": "hf"` in config.json) holds config.json, metrics.json and the
+checkpoint's own files under `hf/` (its config.json, safetensors weights, tokenizer files); see
+app/backends/hf.py. The manifest lists every file, those under `hf/` by their relative path.
+
 A version is written under `.tmp-*`, verified, then renamed into place; only then is CURRENT replaced.
 A crash at any moment leaves the previous CURRENT pointing at a complete version.
 """
@@ -24,12 +28,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from app.backends import RewardBackend
+from app.backends.hf import HF_DIR, HFBackend, HFSpec
 from app.backends.native import NativeBackend
 from app.errors import CheckpointError
 from app.model import RewardModel, RewardModelConfig
@@ -38,7 +43,10 @@ from app.tokenizer import EncodingSpec, PairTokenizer
 FORMAT_VERSION = 1
 CURRENT_FILE = "CURRENT"
 MANIFEST = "manifest.json"
-REQUIRED_FILES = ("model.safetensors", "config.json", "tokenizer.json", "metrics.json")
+REQUIRED_FILES = {
+    "native": ("model.safetensors", "config.json", "tokenizer.json", "metrics.json"),
+    "hf": ("config.json", "metrics.json", f"{HF_DIR}/config.json"),
+}
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # mkstemp/mkdtemp create owner-only files; a store is read by the service, often as another user
 READABLE_FILE, READABLE_DIR = 0o644, 0o755
@@ -115,6 +123,31 @@ def save_checkpoint_files(
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
 
 
+def _member_path(directory: Path, name: str) -> Path:
+    """The file `name` of a version: a plain file directly in it or in one subdirectory, never a link,
+    never outside it."""
+    parts = PurePosixPath(name).parts
+    bad = not 1 <= len(parts) <= 2 or any(part in ("", ".", "..") or part.startswith(".") for part in parts)
+    path = directory.joinpath(*parts)
+    if bad or "\\" in name or any(p.is_symlink() for p in (path, path.parent)) or not path.is_file():
+        raise CheckpointError(f"{directory}: file {name!r} listed in the manifest is missing")
+    return path
+
+
+def version_files(directory: Path) -> list[str]:
+    """Relative paths of the files of a version being written (manifest excluded), sorted."""
+    found = (p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return sorted(p.relative_to(directory).as_posix() for p in found)
+
+
+def backend_of(config: dict) -> str:
+    """Which backend a version's config.json asks for ("native" when it names none)."""
+    backend = config.get("backend", "native")
+    if backend not in REQUIRED_FILES:
+        raise CheckpointError(f"config.json names backend {backend!r}; known: {sorted(REQUIRED_FILES)}")
+    return backend
+
+
 def verify_version(directory: Path) -> dict:
     """Check the manifest and every file's sha256; return the manifest. Raises CheckpointError."""
     manifest_path = directory / MANIFEST
@@ -125,26 +158,35 @@ def verify_version(directory: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{manifest_path}: unreadable manifest ({exc})") from exc
     files = manifest.get("files", {})
-    missing = [name for name in REQUIRED_FILES if name not in files]
-    if missing:
-        raise CheckpointError(f"{manifest_path}: manifest lists no checksum for {missing}")
     for name, expected in files.items():
-        path = directory / name
-        if Path(name).name != name or not path.is_file():
-            raise CheckpointError(f"{directory}: file {name!r} listed in the manifest is missing")
+        path = _member_path(directory, name)
         actual = sha256_file(path)
         if actual != expected:
             raise CheckpointError(
                 f"{path}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}…"
             )
+    backend = backend_of(_read_json(directory / "config.json")) if "config.json" in files else "native"
+    missing = [name for name in REQUIRED_FILES[backend] if name not in files]
+    if missing:
+        raise CheckpointError(f"{manifest_path}: manifest lists no checksum for {missing}")
     return manifest
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
 
 
 @dataclass
 class LoadedVersion:
     version: str
-    model: RewardModel
-    tokenizer: PairTokenizer
+    model: RewardModel | None  # native versions only (training and evaluation tools use it)
+    tokenizer: PairTokenizer | None  # native versions only
     manifest: dict
     metrics: dict
     config: dict
@@ -158,27 +200,12 @@ class LoadedVersion:
         return mean, std if std > 0 else 1.0
 
 
-def _read_config(directory: Path) -> tuple[RewardModelConfig, EncodingSpec, dict]:
+def _read_native(directory: Path, config: dict) -> tuple[RewardModel, PairTokenizer]:
     try:
-        config = json.loads((directory / "config.json").read_text())
-        if config.get("format") != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{directory}: config format {config.get('format')!r}, expected {FORMAT_VERSION}"
-            )
-        return (
-            RewardModelConfig.from_dict(config["model"]),
-            EncodingSpec.from_dict(config["encoding"]),
-            config,
-        )
+        model_cfg = RewardModelConfig.from_dict(config["model"])
+        spec = EncodingSpec.from_dict(config["encoding"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{directory}/config.json: incompatible config ({exc})") from exc
-
-
-def load_version(directory: str | Path, device: str | torch.device = "cpu") -> LoadedVersion:
-    """Rebuild a model from a version directory alone, after verifying every checksum."""
-    directory = Path(directory)
-    manifest = verify_version(directory)
-    model_cfg, spec, config = _read_config(directory)
     try:
         tokenizer = PairTokenizer.load(directory / "tokenizer.json", spec)
         state = load_file(str(directory / "model.safetensors"))
@@ -190,12 +217,26 @@ def load_version(directory: str | Path, device: str | torch.device = "cpu") -> L
         raise CheckpointError(
             f"{directory}: tokenizer has {tokenizer.vocab_size} tokens, model only {model_cfg.vocab_size}"
         )
-    try:
-        metrics = json.loads((directory / "metrics.json").read_text())
-    except ValueError as exc:
-        raise CheckpointError(f"{directory}/metrics.json: unreadable ({exc})") from exc
-    model.to(device).eval()
+    return model, tokenizer
+
+
+def load_version(directory: str | Path, device: str | torch.device = "cpu") -> LoadedVersion:
+    """Rebuild a model from a version directory alone, after verifying every checksum; its config.json
+    says which backend serves it."""
+    directory = Path(directory)
+    manifest = verify_version(directory)
+    config = _read_json(directory / "config.json")
+    if config.get("format") != FORMAT_VERSION:
+        found = config.get("format")
+        raise CheckpointError(f"{directory}: config format {found!r}, expected {FORMAT_VERSION}")
+    metrics = _read_json(directory / "metrics.json")
     name = manifest.get("version", directory.name)
+    if backend_of(config) == "hf":
+        spec = HFSpec.from_dict(config.get("hf", {}))
+        backend = HFBackend.load(directory / HF_DIR, spec, torch.device(device))
+        return LoadedVersion(name, None, None, manifest, metrics, config, backend)
+    model, tokenizer = _read_native(directory, config)
+    model.to(device).eval()
     return LoadedVersion(name, model, tokenizer, manifest, metrics, config, NativeBackend(model, tokenizer))
 
 
@@ -266,7 +307,7 @@ def publish_version(
     try:
         tmp.chmod(READABLE_DIR)
         write_files(tmp)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {name: sha256_file(tmp / name) for name in version_files(tmp)}
         manifest = {
             "format": FORMAT_VERSION,
             "version": version,
@@ -276,8 +317,8 @@ def publish_version(
         }
         write_json_atomic(tmp / MANIFEST, manifest)
         load_version(tmp)  # refuses anything that would not load in the service
-        for p in tmp.iterdir():
-            with open(p, "rb") as f:
+        for name in [*version_files(tmp), MANIFEST]:
+            with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         os.rename(tmp, final)
         _fsync_dir(store)

@@ -174,8 +174,8 @@ def usage_of(tokens: int) -> dict[str, int | None]:
 
 def token_count(service: ScoringService, pairs: list[Pair]) -> int:
     """Tokens the live model read for these pairs (after truncation), for the usage report."""
-    tokenizer = service.live_version().tokenizer
-    return sum(map(len, tokenizer.encode_pairs([p.prompt for p in pairs], [p.response for p in pairs])))
+    backend = service.live_version().backend
+    return sum(map(len, backend.encode([p.prompt for p in pairs], [p.response for p in pairs])))
 
 
 @router.get("/v1/models", summary="The served model, OpenAI-style", responses=error_docs(503))
@@ -188,6 +188,6 @@ async def list_models(service: Service) -> dict:
         "created": int(time.time()),
         "owned_by": "reward-service",
         "root": version.version,
-        "max_model_len": version.tokenizer.spec.max_len,
+        "max_model_len": version.backend.max_len,
     }
     return {"object": "list", "data": [entry]}

@@ -52,6 +52,15 @@ class RewardBackend(Protocol):
         The result of an input does not depend on the others in the call (beyond float rounding)."""
         ...
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the forward pass computes in (after `prepare`)."""
+        ...
+
+    def describe(self) -> dict:
+        """{"architecture": dict, "encoding": dict, "parameters": int} for /v1/model."""
+        ...
+
     def prepare(self, dtype: torch.dtype) -> None:
         """Make a freshly loaded model ready to serve in `dtype` (eval mode, cast); raises CheckpointError
         when the checkpoint cannot serve (e.g. its encoding does not fit the model). Compute thread."""

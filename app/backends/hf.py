@@ -122,7 +122,7 @@ def load_tokenizer(hf_dir: Path):
         raise CheckpointError(f"{hf_dir}: cannot load the tokenizer ({exc})") from exc
 
 
-def _load_model(hf_dir: Path, dtype: torch.dtype):
+def _load_model(hf_dir: Path, dtype: torch.dtype | str):
     """The classifier with SDPA attention where the family has it (DeBERTa-v2 does not)."""
     auto = _transformers().AutoModelForSequenceClassification
     common = {"trust_remote_code": False, "use_safetensors": True, "local_files_only": True, "dtype": dtype}
@@ -166,19 +166,35 @@ class HFBackend:
         self._check_room()
 
     @classmethod
-    def load(cls, hf_dir: Path, spec: HFSpec, device: torch.device, dtype: torch.dtype) -> HFBackend:
-        """Load a checkpoint directory for serving on `device` (see `serving_dtype`)."""
+    def load(cls, hf_dir: Path, spec: HFSpec, device: torch.device) -> HFBackend:
+        """Load a checkpoint directory onto `device` in its own dtype (`prepare` casts it)."""
         build_config(hf_dir)  # refuses remote code and unknown families before anything is loaded
         tokenizer = load_tokenizer(hf_dir)
         try:
-            model = _load_model(hf_dir, serving_dtype(device, dtype))
+            model = _load_model(hf_dir, "auto")
         except (OSError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{hf_dir}: cannot load the model ({exc})") from exc
-        model.to(device).eval()
-        if spec.family == "decoder":
-            # the head is tiny: in float32 the reward keeps its precision whatever the trunk's dtype
-            model.score.float()
-        return cls(model, tokenizer, spec)
+        return cls(model.to(device).eval(), tokenizer, spec)
+
+    def prepare(self, dtype: torch.dtype) -> None:
+        """Cast to the serving dtype (see `serving_dtype`); a decoder's head, tiny, stays in float32 so
+        that rewards keep their precision whatever the trunk's dtype."""
+        self.model.to(dtype=serving_dtype(self.device, dtype)).eval()
+        if self.spec.family == "decoder":
+            self.model.score.float()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The trunk's compute dtype."""
+        return self.model.get_input_embeddings().weight.dtype
+
+    def describe(self) -> dict:
+        """What /v1/model shows: the checkpoint's architecture, how inputs are rendered, its size."""
+        config = self.model.config
+        architecture = {"backend": self.kind, "model_type": config.model_type, **self.spec.to_dict()}
+        architecture["architectures"] = config.architectures
+        encoding = {"max_len": self.max_len, "chat_template": self.spec.family == "decoder"}
+        return {"architecture": architecture, "encoding": encoding, "parameters": self.model.num_parameters()}
 
     # --- encode: text -> ids (CPU, any thread) ---
 
@@ -204,7 +220,9 @@ class HFBackend:
     def _check_room(self) -> None:
         overhead = len(self._ids("", ""))
         if overhead + 2 > self.max_len:
-            raise CheckpointError(f"max_len {self.max_len} leaves no room for text ({overhead} template tokens)")
+            raise CheckpointError(
+                f"max_len {self.max_len} leaves no room for text ({overhead} tokens of template)"
+            )
 
     def _fit(self, prompt: str, response: str) -> list[int]:
         """Ids of the pair within max_len: cut the prompt from the left, then the response from the right."""
@@ -214,8 +232,8 @@ class HFBackend:
         if len(self._ids("", response)) > self.max_len:
             end = _largest_fitting(len(response), lambda n: self._fits("", response[:n]))
             return self._ids("", response[:end])
-        start = len(prompt) - _largest_fitting(len(prompt), lambda n: self._fits(prompt[len(prompt) - n :], response))
-        return self._ids(prompt[start:], response)
+        keep = _largest_fitting(len(prompt), lambda n: self._fits(prompt[len(prompt) - n :], response))
+        return self._ids(prompt[len(prompt) - keep :], response)
 
     def _fits(self, prompt: str, response: str) -> bool:
         return len(self._ids(prompt, response)) <= self.max_len
