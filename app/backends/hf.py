@@ -92,13 +92,20 @@ def _transformers():
     return transformers
 
 
-def build_config(hf_dir: Path):
-    """The checkpoint's `PretrainedConfig` from its config.json alone (a built-in class, no code)."""
-    raw = json.loads((hf_dir / "config.json").read_text())
+def config_from_dict(raw: dict):
+    """A `PretrainedConfig` of a built-in class from config.json's content (never code)."""
     if "auto_map" in raw:
-        raise CheckpointError(f"{hf_dir}/config.json has auto_map: it asks for remote code, never run here")
+        raise CheckpointError("config.json has auto_map: it asks for remote code, never run here")
     family_of(raw.get("model_type", ""))
-    return _transformers().AutoConfig.for_model(**raw)
+    fields = {k: v for k, v in raw.items() if k != "model_type"}
+    return _transformers().AutoConfig.for_model(raw["model_type"], **fields)
+
+
+def sequence_classifier_name(model_type: str) -> str:
+    """The built-in `*ForSequenceClassification` class name of a supported `model_type`."""
+    family_of(model_type)
+    names = _transformers().models.auto.modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    return names[model_type]
 
 
 def expected_shapes(config) -> dict[str, tuple[int, ...]]:
@@ -122,16 +129,20 @@ def load_tokenizer(hf_dir: Path):
         raise CheckpointError(f"{hf_dir}: cannot load the tokenizer ({exc})") from exc
 
 
-def _load_model(hf_dir: Path, dtype: torch.dtype | str):
-    """The classifier with SDPA attention where the family has it (DeBERTa-v2 does not)."""
-    auto = _transformers().AutoModelForSequenceClassification
-    common = {"trust_remote_code": False, "use_safetensors": True, "local_files_only": True, "dtype": dtype}
-    try:
-        return auto.from_pretrained(str(hf_dir), attn_implementation="sdpa", **common)
-    except ValueError as exc:
-        if "sdpa" not in str(exc).lower():
-            raise
-        return auto.from_pretrained(str(hf_dir), **common)
+def _load_model(hf_dir: Path, model_type: str):
+    """The classifier in the checkpoint's dtype, with SDPA attention where the class has it (DeBERTa-v2
+    does not)."""
+    transformers = _transformers()
+    cls = getattr(transformers, sequence_classifier_name(model_type))
+    attention = {"attn_implementation": "sdpa"} if cls._supports_sdpa else {}
+    return cls.from_pretrained(
+        str(hf_dir),
+        trust_remote_code=False,
+        use_safetensors=True,
+        local_files_only=True,
+        dtype="auto",
+        **attention,
+    )
 
 
 def serving_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
@@ -168,10 +179,11 @@ class HFBackend:
     @classmethod
     def load(cls, hf_dir: Path, spec: HFSpec, device: torch.device) -> HFBackend:
         """Load a checkpoint directory onto `device` in its own dtype (`prepare` casts it)."""
-        build_config(hf_dir)  # refuses remote code and unknown families before anything is loaded
+        # refuses remote code and unknown types before anything is loaded
+        config = config_from_dict(json.loads((hf_dir / "config.json").read_text()))
         tokenizer = load_tokenizer(hf_dir)
         try:
-            model = _load_model(hf_dir, "auto")
+            model = _load_model(hf_dir, config.model_type)
         except (OSError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{hf_dir}: cannot load the model ({exc})") from exc
         return cls(model.to(device).eval(), tokenizer, spec)
