@@ -18,6 +18,10 @@ CHAT_TEMPLATE = (
 )
 DECODER_SPECIALS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
 ENCODER_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TINY = {  # 32 wide, 2 layers: a model of about 50k parameters, one output
+    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "max_position_embeddings": 512, "num_labels": 1, "pad_token_id": 0,
+}  # fmt: skip
 
 
 def corpus() -> list[str]:
@@ -39,7 +43,11 @@ def decoder_tokenizer():
     )
     tok.train_from_iterator(corpus(), trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>", chat_template=CHAT_TEMPLATE
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        chat_template=CHAT_TEMPLATE,
     )
 
 
@@ -60,28 +68,21 @@ def encoder_tokenizer():
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]",
+        mask_token="[MASK]", model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )  # fmt: skip
 
 
 def decoder_config(model_type: str = "qwen2", vocab_size: int = 400, **overrides):
     from transformers import AutoConfig
 
-    fields = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, num_labels=1, pad_token_id=0,
-    )  # fmt: skip
-    return AutoConfig.for_model(model_type, **{**fields, **overrides})
+    fields = {**TINY, "num_key_value_heads": 2}
+    return AutoConfig.for_model(model_type, vocab_size=vocab_size, **{**fields, **overrides})
 
 
 def encoder_config(model_type: str = "bert", vocab_size: int = 400, **overrides):
     from transformers import AutoConfig
 
-    fields = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=512, num_labels=1, pad_token_id=0,
-    )  # fmt: skip
-    return AutoConfig.for_model(model_type, **{**fields, **overrides})
+    return AutoConfig.for_model(model_type, vocab_size=vocab_size, **{**TINY, **overrides})
 
 
 def save_model(directory: Path, config, tokenizer, seed: int = 0) -> Path:

@@ -168,10 +168,11 @@ class HFBackend:
         # transformers pools at the rightmost token that is not config.pad_token_id (absent: the last one)
         self.pool_pad_id = config.pad_token_id if spec.pooling == "last_non_pad" else None
         self.sep_id = tokenizer.sep_token_id
-        self.use_token_types = getattr(config, "type_vocab_size", 0) > 1
+        # segment ids exactly when the tokenizer gives them to the model (BERT's does, RoBERTa's does not)
+        self.use_token_types = "token_type_ids" in tokenizer.model_input_names
         if spec.family == "encoder":
             # text is text: a literal "[SEP]" in a prompt cannot forge the pair boundary
-            tokenizer.backend_tokenizer.encode_special_tokens = True
+            tokenizer.split_special_tokens = True
         elif tokenizer.chat_template is None:
             raise CheckpointError("decoder reward model without a chat template in its tokenizer config")
         self._check_room()
