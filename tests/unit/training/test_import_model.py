@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 from app.backends.hf import HF_DIR  # noqa: E402
 from app.errors import CheckpointError  # noqa: E402
 from app.store import load_version, read_current, verify_version  # noqa: E402
+from app.training.evaluate import main as evaluate  # noqa: E402
 from app.training.import_model import import_model, main  # noqa: E402
 from tests import hf_models  # noqa: E402
 
@@ -188,3 +189,13 @@ def test_an_openrlhf_reward_model_is_served_as_openrlhf_scores_it(qwen: Path, tm
             value = model.score(model.model(ids).last_hidden_state[0, -1])[0].item()
         expected.append((value - 0.25) / 2.0)
     assert served_rewards(published) == pytest.approx(expected, abs=1e-5)
+
+
+def test_reward_evaluate_reports_on_an_imported_version(qwen: Path, tmp_path: Path) -> None:
+    imported(qwen, tmp_path / "store", version="qwen-v1")
+    report_path = tmp_path / "report.json"
+    argv = ["--model-store", str(tmp_path / "store"), "--pairs", str(PAIRS[0]), "--split", "all"]
+    assert evaluate([*argv, "--output", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    group = next(iter(report["files"][str(PAIRS[0])].values()))
+    assert report["version"] == "qwen-v1" and group["n"] == 240 and 0.0 <= group["accuracy"]["model"] <= 1.0
