@@ -24,19 +24,20 @@ TINY = {  # 32 wide, 2 layers: a model of about 50k parameters, one output
 }  # fmt: skip
 
 
-def corpus() -> list[str]:
-    pairs = read_pairs(DATA / "hh_harmless_sample.jsonl")[:120]
+def corpus(pairs_per_file: int = 120) -> list[str]:
+    """Texts of the bundled sample pairs: tokenizer training data."""
+    pairs = [pair for path in sorted(DATA.glob("*.jsonl")) for pair in read_pairs(path)[:pairs_per_file]]
     return [text for p in pairs for text in (p.prompt, p.chosen, p.rejected)]
 
 
-def decoder_tokenizer():
+def decoder_tokenizer(vocab_size: int = 400):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=vocab_size,
         special_tokens=DECODER_SPECIALS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -73,6 +74,7 @@ def encoder_tokenizer():
 
 
 def decoder_config(model_type: str = "qwen2", vocab_size: int = 400, **overrides):
+    """A tiny decoder (TINY) with one output; `overrides` change any field (e.g. a larger model)."""
     from transformers import AutoConfig
 
     fields = {**TINY, "num_key_value_heads": 2}
@@ -85,15 +87,15 @@ def encoder_config(model_type: str = "bert", vocab_size: int = 400, **overrides)
     return AutoConfig.for_model(model_type, vocab_size=vocab_size, **{**TINY, **overrides})
 
 
-def save_model(directory: Path, config, tokenizer, seed: int = 0) -> Path:
-    """A random classifier for `config`, saved as safetensors beside `tokenizer`."""
+def save_model(directory: Path, config, tokenizer, seed: int = 0, init_std: float = 0.2) -> Path:
+    """A random classifier for `config` (weights ~ N(0, init_std)), saved as safetensors with `tokenizer`."""
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
-    with torch.no_grad():  # random init of a head is near zero: spread rewards so comparisons mean something
+    with torch.no_grad():  # a wider init than transformers' spreads rewards: comparisons mean something
         for param in model.parameters():
-            param.normal_(0.0, 0.2)
+            param.normal_(0.0, init_std)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
