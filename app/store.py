@@ -124,12 +124,13 @@ def save_checkpoint_files(
 
 
 def _member_path(directory: Path, name: str) -> Path:
-    """The file `name` of a version: a plain file directly in it or in one subdirectory, never a link,
-    never outside it."""
+    """The file `name` of a version: directly in it or in one subdirectory (`hf/`), never outside it."""
     parts = PurePosixPath(name).parts
-    bad = not 1 <= len(parts) <= 2 or any(part in ("", ".", "..") or part.startswith(".") for part in parts)
+    hidden_or_up = any(part.startswith(".") for part in parts)  # "..", ".tmp-*", ...
+    if not 1 <= len(parts) <= 2 or hidden_or_up or "\\" in name or PurePosixPath(name).is_absolute():
+        raise CheckpointError(f"{directory}: the manifest lists a file outside the version: {name!r}")
     path = directory.joinpath(*parts)
-    if bad or "\\" in name or any(p.is_symlink() for p in (path, path.parent)) or not path.is_file():
+    if not path.is_file():
         raise CheckpointError(f"{directory}: file {name!r} listed in the manifest is missing")
     return path
 
@@ -320,6 +321,8 @@ def publish_version(
         for name in [*version_files(tmp), MANIFEST]:
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
+        for subdirectory in (p for p in tmp.iterdir() if p.is_dir()):
+            _fsync_dir(subdirectory)
         os.rename(tmp, final)
         _fsync_dir(store)
     except BaseException:
