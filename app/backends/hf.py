@@ -173,6 +173,8 @@ class HFBackend:
         if spec.family == "encoder":
             # text is text: a literal "[SEP]" in a prompt cannot forge the pair boundary
             tokenizer.split_special_tokens = True
+            if self.use_token_types and self.sep_id is None:
+                raise CheckpointError("the tokenizer gives segment ids but has no separator token")
         elif tokenizer.chat_template is None:
             raise CheckpointError("decoder reward model without a chat template in its tokenizer config")
         self._check_room()
