@@ -8,8 +8,15 @@ It records accepted (200) p50/p99 latency, the 429 share and its latency, other 
 RSS every second, and per-second figures of the recovery. Latency counts from the scheduled send time,
 so a slow client does not hide queueing (no coordinated omission).
 
+With --hostile, it measures isolation instead: --clients innocent closed-loop clients for --isolation-s
+alone ("clean"), then as long again beside one hostile client ("hostile") that cycles through poison
+pills (unpaired surrogates in every endpoint's text fields), an oversized batch, and expensive batches of
+long rare words at the text limit. It reports the innocent clients' failures and p50/p99 of both runs
+and what the hostile client got.
+
     python scripts/soak.py --out soak.json                      # random-init model of the default size
     python scripts/soak.py --model-store model_store --duration-s 180 --env REWARD_QUEUE_SIZE=512
+    python scripts/soak.py --model-store model_store --hostile --clients 64 --isolation-s 25
 """
 
 from __future__ import annotations
@@ -213,6 +220,92 @@ def of_phase(samples: list[Sample], phase: str) -> list[Sample]:
     return [s for s in samples if s.phase == phase]
 
 
+def rare_words(chars: int, rng: random.Random) -> str:
+    """Words of random letters and digits: several times the tokenizer work of prose per character."""
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    words, size = [], 0
+    while size < chars:
+        words.append("".join(rng.choice(alphabet) for _ in range(rng.randint(12, 40))))
+        size += len(words[-1]) + 1
+    return " ".join(words)[:chars]
+
+
+def hostile_requests(text_limit: int) -> list[tuple[str, dict]]:
+    """What the hostile client cycles through: every one is refused alone or is legitimate work."""
+    hh = "\n\nHuman: {}\n\nAssistant: {}"
+    expensive, fine = rare_words(text_limit, random.Random(1)), {"prompt": "p", "response": "fine"}
+    return [
+        ("/score", {"prompt": "hi", "response": "\ud800"}),
+        ("/score_batch", {"items": [fine] * 8 + [{"prompt": "p", "response": "\udc00"}]}),
+        ("/get_reward", {"query": [hh.format("hi \udfff", "yes")]}),
+        ("/get_reward", {"query": [hh.format("hi", "ok"), hh.format("hi", "bad \udbff")]}),
+        ("/classify", {"input": hh.format("hi", "\ud800")}),
+        ("/classify", {"input": [hh.format("q", "a"), hh.format("\udc00", "a")]}),
+        ("/score_batch", {"items": [{"prompt": "p", "response": "r"}] * 300}),  # beyond max_items
+        ("/score_batch", {"items": [{"prompt": expensive, "response": expensive}] * 64}),
+    ]  # fmt: skip
+
+
+async def hostile_client(url: str, duration_s: float, statuses: Counter[str]) -> None:
+    """One client, one request at a time, through hostile_requests until `duration_s` is over."""
+    connections = Connections(url)
+    requests = [(path, connections.post(path, body)) for path, body in hostile_requests(20000)]
+    start, index = time.monotonic(), 0
+    while time.monotonic() - start < duration_s:
+        path, request = requests[index % len(requests)]
+        try:
+            status, _ = await connections.send(request)
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
+            status = 0
+        statuses[f"{path} {status}"] += 1
+        index += 1
+    connections.close()
+
+
+async def isolation(args: argparse.Namespace, url: str) -> dict:
+    """Innocent clients alone, then beside a hostile one: failures and latency of the innocent."""
+    load = Load(url, load_pairs(), args.items, args.max_outstanding)
+    await load.closed_loop("warmup", args.clients, 5)
+    await load.closed_loop("clean", args.clients, args.isolation_s)
+    hostile: Counter[str] = Counter()
+    await asyncio.gather(
+        load.closed_loop("hostile", args.clients, args.isolation_s),
+        hostile_client(url, args.isolation_s, hostile),
+    )
+    load.connections.close()
+    phases = {
+        name: summarize(of_phase(load.samples, name), args.isolation_s) for name in ("clean", "hostile")
+    }
+    for phase in phases.values():
+        phase["innocent_failures"] = sum(phase["other_statuses"].values())
+    clean_p99, hostile_p99 = phases["clean"]["ok_p99_s"], phases["hostile"]["ok_p99_s"]
+    return {
+        "phases": phases,
+        "p99_ratio": round(hostile_p99 / clean_p99, 2) if clean_p99 and hostile_p99 else None,
+        "hostile_statuses": dict(sorted(hostile.items())),
+        "connection_failures": dict(load.failures.most_common(5)),
+    }
+
+
+def isolation_markdown(result: dict, args: argparse.Namespace) -> str:
+    rows = [
+        "| run | innocent req/s | p50 s | p99 s | max s | 429 share | innocent failures |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in result["phases"].items():
+        rows.append(
+            f"| {name} | {s['accepted_per_s']} | {s['ok_p50_s']} | {s['ok_p99_s']} | {s['ok_max_s']} | "
+            f"{s['shed_share']:.1%} | {s['innocent_failures']} {s['other_statuses'] or ''} |"
+        )
+    return "\n".join([
+        f"{args.clients} innocent clients, /score_batch of {args.items} items, {args.isolation_s:g} s a run",
+        "",
+        *rows, "", f"innocent p99 hostile/clean: {result['p99_ratio']}",
+        f"hostile client got: {result['hostile_statuses']}",
+        f"connection failures (status 0): {result['connection_failures'] or 'none'}",
+    ])  # fmt: skip
+
+
 async def soak(args: argparse.Namespace, url: str, pid: int) -> dict:
     load = Load(url, load_pairs(), args.items, args.max_outstanding)
     rss: list[tuple[float, float]] = []
@@ -271,6 +364,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-outstanding", type=int, default=2000, help="client connection cap")
     parser.add_argument("--env", action="append", default=[], help="REWARD_X=value for the server")
     parser.add_argument("--out", type=Path, help="write the full result as JSON here")
+    parser.add_argument(
+        "--hostile", action="store_true", help="isolation: innocent clients beside a hostile one"
+    )
+    parser.add_argument("--isolation-s", type=float, default=25, help="length of each --hostile run")
     return parser.parse_args()
 
 
@@ -282,13 +379,15 @@ def main() -> None:
         env = {"REWARD_STATS_PATH": "", **dict(item.split("=", 1) for item in args.env)}
         process = start_server(store, port, env, Path(tmp) / "server.log")
         try:
-            wait_ready(f"http://127.0.0.1:{port}", process)
-            result = asyncio.run(soak(args, f"http://127.0.0.1:{port}", process.pid))
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url, process)
+            run = isolation(args, url) if args.hostile else soak(args, url, process.pid)
+            result = asyncio.run(run)
         finally:
             process.terminate()
             process.wait(timeout=60)
     result["settings"] = {**vars(args), "env": env}
-    print(markdown(result, args))
+    print(isolation_markdown(result, args) if args.hostile else markdown(result, args))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1, default=str))
 

@@ -82,8 +82,14 @@ class NativeBackend:
         if self.device.type == "cuda":  # page-locked host memory: the copies run asynchronously
             input_ids = input_ids.pin_memory().to(self.device, non_blocking=True)
             mask = mask.pin_memory().to(self.device, non_blocking=True)
-        with torch.inference_mode():
-            sorted_out = self.model(input_ids, mask).float().cpu().tolist()  # (B,); .cpu() synchronizes
+        try:
+            with torch.inference_mode():
+                sorted_out = self.model(input_ids, mask).float().cpu().tolist()  # (B,); .cpu() synchronizes
+        except torch.OutOfMemoryError:
+            # the batcher reruns the batch in halves: give them the memory this attempt's cache holds
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise
         raw = [0.0] * len(ids)
         for position, index in enumerate(order):
             raw[index] = sorted_out[position]

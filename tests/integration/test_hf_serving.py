@@ -22,6 +22,7 @@ from tests.integration.test_reload_under_load import PROMPTS, RESPONSES, score_c
 
 PAIRS = [hf_models.DATA / "alpaca_eval_sample.jsonl"]
 CLIENTS = 6
+JSON = {"content-type": "application/json"}
 TRAFFIC_BETWEEN_SWAPS_S = 0.5
 
 
@@ -62,11 +63,14 @@ def test_the_served_reward_is_transformers_reward(qwen: Path, tmp_path: Path) ->
         body = httpx.post(f"{server.url}/score_batch", json={"items": items}, timeout=30).json()
         single = httpx.post(f"{server.url}/score", json=items[0], timeout=30).json()
         info = httpx.get(f"{server.url}/v1/model", timeout=30).json()
+        lone_surrogate = b'{"prompt": "hi", "response": "a \\ud800 b"}'  # valid JSON, not valid text
+        broken = httpx.post(f"{server.url}/score", content=lone_surrogate, headers=JSON, timeout=30)
     served = [item["model_raw"] for item in body["items"]]
     assert served == pytest.approx(transformers_rewards(qwen, prompts, responses), abs=1e-5)
     assert single["model_raw"] == pytest.approx(served[0], abs=1e-6)
     assert body["model_version"] == "qwen-v1"
     assert info["architecture"]["backend"] == "hf" and info["architecture"]["model_type"] == "qwen2"
+    assert broken.status_code == 422 and "response" in broken.json()["error"]["message"]
 
 
 async def wait_until_live(client: httpx.AsyncClient, version: str) -> None:

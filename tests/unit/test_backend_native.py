@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from app.backends import EncodeError, RewardBackend
 from app.registry import forward_raw
@@ -55,3 +56,14 @@ def test_forward_returns_rewards_in_input_order_whatever_the_lengths(version) ->
     alone = [version.backend.forward([one])[0] for one in ids]
     assert together == pytest.approx(alone, abs=1e-4)
     assert together == forward_raw(version, prompts, responses)
+
+
+def test_out_of_memory_is_raised_for_the_batcher_to_split_and_is_safe_without_cuda(
+    version, monkeypatch
+) -> None:
+    def out_of_memory(*_args):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(version.backend.model, "forward", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        version.backend.forward(version.backend.encode(["p"], ["r"]))

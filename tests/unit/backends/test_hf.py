@@ -91,10 +91,8 @@ def test_truncation_cuts_the_prompt_from_the_left_and_keeps_the_response(
     prompt = "first words of the prompt " + "water " * 80 + "last words of the prompt"
     ids = served.encode([prompt], [RESPONSES[0]])[0]
     text = served.tokenizer.decode(ids)
-    assert len(ids) <= 48
-    assert text.endswith(
-        f"last words of the prompt<|im_end|>\n<|im_start|>assistant\n{RESPONSES[0]}<|im_end|>\n"
-    )
+    assert 46 <= len(ids) <= 48  # as much of the prompt's end as fits (a character cut may merge tokens)
+    assert text.endswith(f"words of the prompt<|im_end|>\n<|im_start|>assistant\n{RESPONSES[0]}<|im_end|>\n")
     assert "first words" not in text
 
 
