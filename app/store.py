@@ -166,20 +166,23 @@ def verify_version(directory: Path) -> dict:
             raise CheckpointError(
                 f"{path}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}…"
             )
-    backend = backend_of(_read_json(directory / "config.json")) if "config.json" in files else "native"
+    backend = "native"
+    if "config.json" in files:
+        backend = backend_of(_read_json(directory / "config.json", "incompatible config"))
     missing = [name for name in REQUIRED_FILES[backend] if name not in files]
     if missing:
         raise CheckpointError(f"{manifest_path}: manifest lists no checksum for {missing}")
     return manifest
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, problem: str = "unreadable") -> dict:
+    """A JSON object from `path`; CheckpointError "<path>: <problem> (<why>)" otherwise."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable ({exc})") from exc
+        raise CheckpointError(f"{path}: {problem} ({exc})") from exc
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+        raise CheckpointError(f"{path}: {problem} (not a JSON object)")
     return data
 
 
@@ -226,7 +229,7 @@ def load_version(directory: str | Path, device: str | torch.device = "cpu") -> L
     says which backend serves it."""
     directory = Path(directory)
     manifest = verify_version(directory)
-    config = _read_json(directory / "config.json")
+    config = _read_json(directory / "config.json", problem="incompatible config")
     if config.get("format") != FORMAT_VERSION:
         found = config.get("format")
         raise CheckpointError(f"{directory}: config format {found!r}, expected {FORMAT_VERSION}")
