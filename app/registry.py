@@ -164,7 +164,7 @@ class ModelRegistry:
         started = time.perf_counter()
         loaded = load_version(version_dir(self.store, name), "cpu", self.max_model_bytes, manifest)
         prepare_for_serving(loaded, self.dtype, self.device)
-        warm_up(loaded, self.dtype)
+        warm_up(loaded, loaded.backend.dtype)
         self.last_load_seconds = time.perf_counter() - started
         return loaded
 

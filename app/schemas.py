@@ -217,8 +217,11 @@ class RunningStatsResponse(BaseModel):
 
 class ModelInfo(BaseModel):
     version: str
-    architecture: dict = Field(description="RewardModelConfig of the checkpoint.")
-    encoding: dict = Field(description="How pairs become token ids (max_len, special tokens).")
+    architecture: dict = Field(
+        description="RewardModelConfig of a native checkpoint; backend, model_type and rendering of a "
+        "Hugging Face one."
+    )
+    encoding: dict = Field(description="How pairs become token ids (max_len, special tokens, template).")
     parameters: int
     device: str
     dtype: str

@@ -9,6 +9,10 @@
         metrics.json       curves, validation accuracy, "reward_mean" / "reward_std" for calibration
         manifest.json      version, created, sha256 of every other file, training args, data fingerprint
 
+A Hugging Face version (`"backend": "hf"` in config.json) holds config.json, metrics.json and the
+checkpoint's own files under `hf/` (its config.json, safetensors weights, tokenizer files); see
+app/backends/hf.py. The manifest lists every file, those under `hf/` by their relative path.
+
 A version is written under `.tmp-*`, verified, then renamed into place; only then is CURRENT replaced.
 A crash at any moment leaves the previous CURRENT pointing at a complete version.
 """
@@ -26,12 +30,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from app.backends import RewardBackend
+from app.backends.hf import HF_DIR, HFBackend, HFSpec
 from app.backends.native import NativeBackend
 from app.errors import CheckpointError
 from app.model import RewardModel, RewardModelConfig
@@ -40,7 +45,10 @@ from app.tokenizer import EncodingSpec, PairTokenizer
 FORMAT_VERSION = 1
 CURRENT_FILE = "CURRENT"
 MANIFEST = "manifest.json"
-REQUIRED_FILES = ("model.safetensors", "config.json", "tokenizer.json", "metrics.json")
+REQUIRED_FILES = {
+    "native": ("model.safetensors", "config.json", "tokenizer.json", "metrics.json"),
+    "hf": ("config.json", "metrics.json", f"{HF_DIR}/config.json"),
+}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # mkstemp/mkdtemp create owner-only files; a store is read by the service, often as another user
@@ -130,6 +138,35 @@ def save_checkpoint_files(
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
 
 
+def _member_path(directory: Path, name: str) -> Path:
+    """The file `name` of a version: directly in it or in one subdirectory (`hf/`), never outside it."""
+    parts = PurePosixPath(name).parts
+    hidden_or_up = any(part.startswith(".") for part in parts)  # "..", ".tmp-*", ...
+    if not 1 <= len(parts) <= 2 or hidden_or_up or "\\" in name or PurePosixPath(name).is_absolute():
+        raise CheckpointError(f"{directory.name}: the manifest lists a file outside the version: {name!r}")
+    path = directory.joinpath(*parts)
+    inside = os.path.realpath(directory)
+    if os.path.commonpath([inside, os.path.realpath(path)]) != inside:
+        raise CheckpointError(f"{directory.name}: {name!r} resolves outside the version")
+    if not path.is_file():
+        raise CheckpointError(f"{directory.name}: file {name!r} listed in the manifest is missing")
+    return path
+
+
+def version_files(directory: Path) -> list[str]:
+    """Relative paths of the files of a version being written (manifest excluded), sorted."""
+    found = (p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return sorted(p.relative_to(directory).as_posix() for p in found)
+
+
+def backend_of(config: dict) -> str:
+    """Which backend a version's config.json asks for ("native" when it names none)."""
+    backend = config.get("backend", "native")
+    if backend not in REQUIRED_FILES:
+        raise CheckpointError(f"config.json names backend {backend!r}; known: {sorted(REQUIRED_FILES)}")
+    return backend
+
+
 def verify_version(directory: Path) -> dict:
     """Check the manifest and every file's sha256; return the manifest. Raises CheckpointError."""
     check_inside_store(directory)
@@ -141,19 +178,20 @@ def verify_version(directory: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{directory.name}/{MANIFEST}: unreadable manifest ({exc})") from exc
     files = check_manifest_shape(manifest, directory.name)
-    missing = [name for name in REQUIRED_FILES if name not in files]
-    if missing:
-        raise CheckpointError(f"{directory.name}/{MANIFEST}: manifest lists no checksum for {missing}")
     for name, expected in files.items():
-        path = directory / name
-        if Path(name).name != name or not path.is_file():
-            raise CheckpointError(f"{directory.name}: file {name!r} listed in the manifest is missing")
+        path = _member_path(directory, name)
         actual = sha256_file(path)
         if actual != expected:
             raise CheckpointError(
                 f"{directory.name}/{name}: sha256 {actual[:12]}… does not match "
                 f"the manifest's {expected[:12]}…"
             )
+    backend = "native"
+    if "config.json" in files:
+        backend = backend_of(_read_json(directory / "config.json", "incompatible config"))
+    missing = [name for name in REQUIRED_FILES[backend] if name not in files]
+    if missing:
+        raise CheckpointError(f"{directory.name}/{MANIFEST}: manifest lists no checksum for {missing}")
     return manifest
 
 
@@ -168,7 +206,7 @@ def check_inside_store(directory: Path) -> None:
 
 
 def check_manifest_shape(manifest: object, name: str) -> dict[str, str]:
-    """The manifest must be an object whose `files` maps plain names to sha256 hex digests, and whose
+    """The manifest must be an object whose `files` maps names to sha256 hex digests, and whose
     `version` and `created`, when present, are strings. Returns `files`."""
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{name}/{MANIFEST}: a {type(manifest).__name__}, not a JSON object")
@@ -196,11 +234,23 @@ def check_calibration(metrics: object, name: str) -> None:
         raise CheckpointError(f"{name}/metrics.json: reward_std must be > 0, got {metrics['reward_std']!r}")
 
 
+def _read_json(path: Path, problem: str = "unreadable") -> dict:
+    """A JSON object from `path`; CheckpointError "<version>/<file>: <problem> (<why>)" otherwise."""
+    where = f"{path.parent.name}/{path.name}"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{where}: {problem} ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where}: {problem} (not a JSON object)")
+    return data
+
+
 @dataclass
 class LoadedVersion:
     version: str
-    model: RewardModel
-    tokenizer: PairTokenizer
+    model: RewardModel | None  # native versions only (training and evaluation tools use it)
+    tokenizer: PairTokenizer | None  # native versions only
     manifest: dict
     metrics: dict
     config: dict
@@ -214,46 +264,19 @@ class LoadedVersion:
         return mean, std if std > 0 else 1.0
 
 
-def _read_config(directory: Path) -> tuple[RewardModelConfig, EncodingSpec, dict]:
+def _native_config(directory: Path, config: dict) -> tuple[RewardModelConfig, EncodingSpec]:
     try:
-        config = json.loads((directory / "config.json").read_text())
-        if not isinstance(config, dict) or config.get("format") != FORMAT_VERSION:
-            found = config.get("format") if isinstance(config, dict) else type(config).__name__
-            raise CheckpointError(f"{directory.name}: config format {found!r}, expected {FORMAT_VERSION}")
         if not isinstance(config.get("model"), dict) or not isinstance(config.get("encoding"), dict):
             raise CheckpointError(f"{directory.name}/config.json: `model` and `encoding` must be objects")
-        return (
-            RewardModelConfig.from_dict(config["model"]),
-            EncodingSpec.from_dict(config["encoding"]),
-            config,
-        )
+        return RewardModelConfig.from_dict(config["model"]), EncodingSpec.from_dict(config["encoding"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{directory.name}/config.json: incompatible config ({exc})") from exc
 
 
-def _read_metrics(directory: Path) -> dict:
-    try:
-        metrics = json.loads((directory / "metrics.json").read_text())
-    except ValueError as exc:
-        raise CheckpointError(f"{directory.name}/metrics.json: unreadable ({exc})") from exc
-    check_calibration(metrics, directory.name)
-    return metrics
-
-
-def load_version(
-    directory: str | Path,
-    device: str | torch.device = "cpu",
-    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
-    manifest: dict | None = None,
-) -> LoadedVersion:
-    """Rebuild a model from a version directory alone, after verifying every checksum (`manifest`: what
-    `verify_version` returned for it already, so that a caller can hash on another thread), the
-    calibration, the architecture's bounds and the weights file's header against the architecture and
-    the memory budget; nothing is allocated for the weights before these pass."""
-    directory = Path(directory)
-    manifest = manifest if manifest is not None else verify_version(directory)
-    model_cfg, spec, config = _read_config(directory)
-    metrics = _read_metrics(directory)
+def _read_native(directory: Path, config: dict, max_model_bytes: int) -> tuple[RewardModel, PairTokenizer]:
+    """The architecture's bounds and the weights file's header are checked against the architecture and
+    the memory budget before anything is allocated for the weights."""
+    model_cfg, spec = _native_config(directory, config)
     check_architecture_bounds(model_cfg, directory.name)
     check_weights_file(directory / "model.safetensors", model_cfg, max_model_bytes)
     try:
@@ -268,8 +291,33 @@ def load_version(
             f"{directory.name}: tokenizer has {tokenizer.vocab_size} tokens, "
             f"model only {model_cfg.vocab_size}"
         )
-    model.to(device).eval()
+    return model, tokenizer
+
+
+def load_version(
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+    manifest: dict | None = None,
+) -> LoadedVersion:
+    """Rebuild a model from a version directory alone, after verifying every checksum (`manifest`: what
+    `verify_version` returned for it already, so that a caller can hash on another thread) and the
+    calibration; its config.json says which backend serves it."""
+    directory = Path(directory)
+    manifest = manifest if manifest is not None else verify_version(directory)
+    config = _read_json(directory / "config.json", problem="incompatible config")
+    if config.get("format") != FORMAT_VERSION:
+        found = config.get("format")
+        raise CheckpointError(f"{directory.name}: config format {found!r}, expected {FORMAT_VERSION}")
+    metrics = _read_json(directory / "metrics.json")
+    check_calibration(metrics, directory.name)
     name = manifest.get("version", directory.name)
+    if backend_of(config) == "hf":
+        spec = HFSpec.from_dict(config.get("hf", {}))
+        backend = HFBackend.load(directory / HF_DIR, spec, torch.device(device))
+        return LoadedVersion(name, None, None, manifest, metrics, config, backend)
+    model, tokenizer = _read_native(directory, config, max_model_bytes)
+    model.to(device).eval()
     return LoadedVersion(name, model, tokenizer, manifest, metrics, config, NativeBackend(model, tokenizer))
 
 
@@ -343,7 +391,7 @@ def publish_version(
     try:
         tmp.chmod(READABLE_DIR)
         write_files(tmp)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {name: sha256_file(tmp / name) for name in version_files(tmp)}
         manifest = {
             "format": FORMAT_VERSION,
             "version": version,
@@ -353,9 +401,11 @@ def publish_version(
         }
         write_json_atomic(tmp / MANIFEST, manifest)
         load_version(tmp)  # refuses anything that would not load in the service
-        for p in tmp.iterdir():
-            with open(p, "rb") as f:
+        for name in [*version_files(tmp), MANIFEST]:
+            with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
+        for subdirectory in (p for p in tmp.iterdir() if p.is_dir()):
+            _fsync_dir(subdirectory)
         os.rename(tmp, final)
         _fsync_dir(store)
     except BaseException:

@@ -649,7 +649,7 @@ def machine_facts(args: argparse.Namespace, version: LoadedVersion | None, pair_
         "data": str(args.data.relative_to(REPO) if args.data.is_relative_to(REPO) else args.data),
     }  # fmt: skip
     if version is not None:
-        facts["model"] = {"version": version.version, "parameters": version.model.num_parameters()}
+        facts["model"] = {"version": version.version, "parameters": version.backend.describe()["parameters"]}
     return facts
 
 

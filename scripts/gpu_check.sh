@@ -6,7 +6,8 @@
 #                       memory after reloads, recovery from a failed first load)
 #   dtype-native.json   bf16 vs float32 rewards of the default model on the GPU
 #   bench-native.*      scripts/bench_serve.py against the native default model (model_store/)
-# Budget: under 8 minutes on an H200 (the steps' timeouts add up to 7.9). Usage:
+#   bench-hf.*          the same against a random-init 27M-parameter Qwen2 imported with reward-import
+# Budget: under 8 minutes on an H200 (the steps' timeouts add up to 7.75). Usage:
 #   bash scripts/gpu_check.sh OUT_DIR           (PYTHON=... to pick the interpreter, default .venv's)
 #   GPU_CHECK_DRY_RUN=1 bash scripts/gpu_check.sh OUT_DIR   prints the steps, runs none (any machine)
 set -uo pipefail
@@ -37,11 +38,15 @@ if [ "${GPU_CHECK_DRY_RUN:-0}" != 1 ] && ! "$python" -c "import torch, sys; sys.
 fi
 
 step gpu 30 "$python" -c "import torch; p = torch.cuda.get_device_properties(0); print(torch.__version__, torch.version.cuda, p.name, p.total_memory >> 20, 'MiB', 'bf16' if torch.cuda.is_bf16_supported() else 'no bf16')"
-step gpu-tests 200 "$python" -m pytest tests/gpu -v -rs -p no:cacheprovider --junitxml="$out/gpu-tests.xml"
+step gpu-tests 150 "$python" -m pytest tests/gpu -v -rs -p no:cacheprovider --junitxml="$out/gpu-tests.xml"
 step dtype-native 45 "$python" scripts/bench_serve.py --compare-dtype 240 --dtype bfloat16 --seed 1
-step bench-native 200 "$python" scripts/bench_serve.py --concurrency 1 64 256 --duration 8 \
+step bench-native 110 "$python" scripts/bench_serve.py --concurrency 1 64 256 --duration 6 \
   --json "$out/bench-native.json" --plot "$out/bench-native.png"
-# --- Hugging Face backend: its benchmark goes here, as a step of its own (bench-hf, <= 90 s), the same
-# --- bench_serve.py flags against a store holding the Hugging Face version; results to $out/bench-hf.*
+hf_dir="$(mktemp -d)"
+step hf-make 30 "$python" scripts/make_random_hf_model.py "$hf_dir/qwen2-27m" --hidden 512 --layers 8 --vocab 8000
+step hf-import 40 "$python" scripts/import_reward_model.py "$hf_dir/qwen2-27m" --model-store "$hf_dir/store" \
+  --version qwen2-27m
+step bench-hf 60 "$python" scripts/bench_serve.py --model-store "$hf_dir/store" --concurrency 1 64 --duration 6 \
+  --json "$out/bench-hf.json" --plot "$out/bench-hf.png"
 
 exit "$failed"

@@ -26,11 +26,9 @@ async def read_model(service: Service, registry: Registry) -> ModelInfo:
     mean, std = version.calibration
     return ModelInfo(
         version=version.version,
-        architecture=version.model.cfg.to_dict(),
-        encoding=version.tokenizer.spec.to_dict(),
-        parameters=version.model.num_parameters(),
+        **version.backend.describe(),
         device=str(registry.device),
-        dtype=str(registry.dtype).removeprefix("torch."),
+        dtype=str(version.backend.dtype).removeprefix("torch."),
         calibration={"reward_mean": mean, "reward_std": std},
         metrics=version.metrics,
         refusal_check=version.metrics.get("refusal_check"),

@@ -52,6 +52,15 @@ class RewardBackend(Protocol):
         The result of an input does not depend on the others in the call (beyond float rounding)."""
         ...
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the forward pass computes in (after `prepare`)."""
+        ...
+
+    def describe(self) -> dict:
+        """{"architecture": dict, "encoding": dict, "parameters": int} for /v1/model."""
+        ...
+
     def prepare(self, dtype: torch.dtype, device: torch.device) -> None:
         """Make a model freshly loaded on the CPU ready to serve in `dtype` on `device` (eval mode, cast
         on the CPU, then moved, so no float32 copy is staged on an accelerator); raises CheckpointError

@@ -47,6 +47,19 @@ class NativeBackend:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The encoder's compute dtype (the head stays in float32)."""
+        return next(self.model.parameters()).dtype
+
+    def describe(self) -> dict:
+        """What /v1/model shows: architecture, encoding, number of parameters."""
+        return {
+            "architecture": self.model.cfg.to_dict(),
+            "encoding": self.tokenizer.spec.to_dict(),
+            "parameters": self.model.num_parameters(),
+        }
+
     def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
         try:
             return self.tokenizer.encode_pairs(prompts, responses)

@@ -32,7 +32,7 @@ from app.store import LoadedVersion, load_version, read_current
 from app.training.pairs import PreferencePair, read_pairs
 from app.training.plots import plot_evaluation
 from app.training.refusal import REFUSALS, refusal_inputs, refusal_rates
-from app.training.scoring import score_responses
+from app.training.scoring import backend_rewards
 
 LENGTH_MATCH_TOLERANCE = 0.2  # chosen and rejected within 20% of each other's length count as matched
 CALIBRATION_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # buckets of sigmoid(|gap|)
@@ -149,7 +149,7 @@ def score_pairs(
     prompts = [p.prompt for p in pairs] * 3 + refusal_prompts
     # chosen, rejected, empty, then each pair's refusals
     responses = [p.chosen for p in pairs] + [p.rejected for p in pairs] + [""] * n + refusals
-    model = score_responses(version.model, version.tokenizer, prompts, responses).numpy().astype(np.float64)
+    model = backend_rewards(version.backend, prompts, responses).numpy().astype(np.float64)
     heuristic = np.array(heuristic_rewards(responses, heuristics))
     mean, std = version.calibration
     mixed = hybrid(heuristic, (model - mean) / std, HYBRID_ALPHA, 1 - HYBRID_ALPHA)  # elementwise on arrays
@@ -239,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if version_name is None:
             raise ValueError(f"{args.model_store} has no CURRENT version; pass --version")
         version = load_version(Path(args.model_store) / version_name)
+        version.backend.prepare(torch.float32, torch.device("cpu"))
         split = None if args.split == "all" else args.split
         files = {path: evaluate_file(version, path, split, HeuristicConfig()) for path in args.pairs}
     except (CheckpointError, ValueError, OSError) as exc:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from app.backends import RewardBackend
 from app.model import RewardModel
 from app.tokenizer import PairTokenizer
 from app.training.batching import ordered_batches
@@ -39,3 +40,15 @@ def score_responses(
 ) -> torch.Tensor:
     """Raw rewards of (prompt, response) pairs, in input order: -> (N,)."""
     return rewards_for_ids(model, tokenizer, tokenizer.encode_pairs(prompts, responses), batch_size)
+
+
+def backend_rewards(
+    backend: RewardBackend, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32
+) -> torch.Tensor:
+    """Raw rewards of (prompt, response) pairs through a served model's backend, in input order:
+    -> (N,) float32. Any backend (native or Hugging Face), length-sorted batches."""
+    ids = backend.encode(prompts, responses)
+    out = torch.empty(len(ids), dtype=torch.float32)
+    for batch in ordered_batches([len(x) for x in ids], batch_size):
+        out[batch] = torch.tensor(backend.forward([ids[i] for i in batch]), dtype=torch.float32)
+    return out

@@ -95,7 +95,7 @@ def test_config_that_is_not_an_object_is_refused(version: Path) -> None:
     rewrite_json(version, "config.json", lambda config: {**config, "model": [1, 2]})
     assert "must be objects" in refusal(version)
     rewrite_json(version, "config.json", lambda config: [config])
-    assert "config format" in refusal(version)
+    assert "not a JSON object" in refusal(version)
 
 
 @pytest.mark.parametrize(
