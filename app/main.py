@@ -105,7 +105,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     configure_torch_threads(settings.torch_threads)
     metrics: ServiceMetrics = app.state.metrics
-    registry = ModelRegistry(settings.model_store, settings.device, settings.dtype)
+    registry = ModelRegistry(
+        settings.model_store, settings.device, settings.dtype, settings.execution_path, settings.onnx_cache
+    )
     batcher = MicroBatcher(
         BatchScorer(heuristics_of(settings)),
         batch_policy(settings, registry.device.type),

@@ -17,6 +17,8 @@ from typing import TypeVar
 
 import torch
 
+from app.backends.choice import Execution, candidate_names, cast_for_serving, choose_execution, torch_path
+from app.backends.onnx import onnx_available
 from app.errors import CheckpointError
 from app.store import LoadedVersion, load_version, read_current, version_dir
 
@@ -43,27 +45,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); emulated bf16 is slower."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto -> bfloat16 on a CPU with native bf16, float32 elsewhere (see docs/benchmarks.md for why);
-    float16 only on CUDA."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+    """The reference precision: auto -> float32 (on a CPU, app.backends.choice then measures the
+    alternatives at each load); float16 only on CUDA."""
     if name == "float16" and device.type != "cuda":
         raise CheckpointError(f"REWARD_DTYPE=float16 needs a CUDA device; on {device.type} use float32")
-    return DTYPES[name]
+    return torch.float32 if name == "auto" else DTYPES[name]
 
 
 def prepare_for_serving(version: LoadedVersion, dtype: torch.dtype) -> None:
-    """Eval mode (no dropout; the encoder's nested-tensor fast path) with the encoder in `dtype`; the
-    reward head, a tiny MLP, stays in float32 so rewards keep their precision (see RewardHead)."""
-    version.model.to(dtype=dtype).eval()
-    version.model.head.float()
+    """The version's torch model in `dtype` (see cast_for_serving), run as it is by forward_raw."""
+    cast_for_serving(version.model, dtype)
+    version.execution = None
+
+
+def execution_of(version: LoadedVersion) -> Execution:
+    """How the version's forward runs: chosen at load, or its torch model as it is."""
+    if version.execution is None:
+        dtype = str(next(version.model.parameters()).dtype).removeprefix("torch.")
+        return Execution(torch_path(dtype, version.model), version.tokenizer.pad, dtype)
+    return version.execution
 
 
 def configure_torch_threads(threads: int) -> None:
@@ -77,20 +78,8 @@ def configure_torch_threads(threads: int) -> None:
 
 
 def forward_raw(version: LoadedVersion, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-    """Raw model outputs for pairs, in input order: tokenize in Rust, sort by length, pad, one forward."""
-    ids = version.tokenizer.encode_pairs(prompts, responses)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    input_ids, mask = version.tokenizer.pad([ids[i] for i in order])  # (B, T) each
-    device = next(version.model.parameters()).device
-    if device.type == "cuda":  # page-locked host memory: the copies run asynchronously on the stream
-        input_ids = input_ids.pin_memory().to(device, non_blocking=True)
-        mask = mask.pin_memory().to(device, non_blocking=True)
-    with torch.inference_mode():
-        sorted_out = version.model(input_ids, mask).float().cpu().tolist()  # (B,); .cpu() synchronizes
-    raw = [0.0] * len(ids)
-    for position, index in enumerate(order):
-        raw[index] = sorted_out[position]
-    return raw
+    """Raw model outputs for pairs, in input order: tokenize in Rust, then the version's forward."""
+    return execution_of(version).forward(version.tokenizer.encode_pairs(prompts, responses))
 
 
 def check_compatible(version: LoadedVersion) -> None:
@@ -115,7 +104,7 @@ def warm_up(version: LoadedVersion) -> None:
         raise CheckpointError(f"version {version.version}: non-finite rewards on canary inputs: {together}")
     drift = max(abs(a - b) for a, b in zip(together, alone, strict=True))
     # a few units in the last place of the compute dtype (bf16: 2^-7) are rounding, not a batching bug
-    eps = torch.finfo(next(version.model.parameters()).dtype).eps
+    eps = execution_of(version).path.eps
     if drift > max(1e-3, 4 * eps) * max(1.0, max(abs(x) for x in alone)):
         raise CheckpointError(f"version {version.version}: rewards change with batching (by {drift:.3g})")
 
@@ -124,10 +113,15 @@ class ModelRegistry:
     """Holds the live LoadedVersion; loading is separate from activation so a new version is checked
     beside the old one before the swap."""
 
-    def __init__(self, store: Path, device: str = "auto", dtype: str = "auto"):
+    def __init__(
+        self, store: Path, device: str = "auto", dtype: str = "auto", execution_path: str = "auto",
+        onnx_cache: Path | None = None,
+    ):  # fmt: skip
         self.store = Path(store)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        self.paths = candidate_names(dtype, execution_path, self.device, onnx_available())
+        self.onnx_cache = onnx_cache or self.store / ".cache"
         self.current: LoadedVersion | None = None
         self.previous: LoadedVersion | None = None
         self.last_error: str | None = None
@@ -156,7 +150,11 @@ class ModelRegistry:
         started = time.perf_counter()
         loaded = load_version(version_dir(self.store, name), device=self.device)
         check_compatible(loaded)
-        prepare_for_serving(loaded, self.dtype)
+        loaded.execution = choose_execution(
+            loaded.model, loaded.tokenizer, loaded.manifest, loaded.calibration[1], self.paths,
+            self.onnx_cache / loaded.version,
+        )  # fmt: skip
+        loaded.model = loaded.execution.path.model or loaded.model  # the fp32 copy goes when bf16 serves
         warm_up(loaded)
         self.last_load_seconds = time.perf_counter() - started
         return loaded
@@ -165,7 +163,8 @@ class ModelRegistry:
         """Make `loaded` the live version (one reference swap); returns the one it replaced."""
         self.previous, self.current = self.current, loaded
         self.last_error = None
-        log.info("model version %s is live on %s (%s)", loaded.version, self.device, str(self.dtype))
+        path = execution_of(loaded).path.name
+        log.info("model version %s is live on %s (%s)", loaded.version, self.device, path)
         return self.previous
 
     def load_current(self) -> LoadedVersion:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,6 +33,9 @@ from safetensors.torch import load_file, save_file
 from app.errors import CheckpointError
 from app.model import RewardModel, RewardModelConfig
 from app.tokenizer import EncodingSpec, PairTokenizer
+
+if TYPE_CHECKING:  # the registry sets it; the store only carries it
+    from app.backends.choice import Execution
 
 FORMAT_VERSION = 1
 CURRENT_FILE = "CURRENT"
@@ -146,6 +150,7 @@ class LoadedVersion:
     manifest: dict
     metrics: dict
     config: dict
+    execution: Execution | None = None  # how its forward pass runs here, chosen at load by the registry
 
     @property
     def calibration(self) -> tuple[float, float]:

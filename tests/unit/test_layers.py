@@ -1,7 +1,7 @@
 """The dependency direction of app/: each module imports only from its own layer or the layers before it.
 
 1. config, schemas, errors, metrics
-2. model, tokenizer, heuristics, normalize, store, templating, training/*
+2. model, tokenizer, heuristics, normalize, store, templating, training/*, backends/*
 3. registry, batcher, watcher
 4. service
 5. api/*
@@ -21,6 +21,7 @@ APP = Path(__file__).resolve().parents[2] / "app"
 LAYERS = {
     "config": 1, "schemas": 1, "errors": 1, "metrics": 1,
     "model": 2, "tokenizer": 2, "heuristics": 2, "normalize": 2, "store": 2, "templating": 2, "training": 2,
+    "backends": 2,
     "registry": 3, "batcher": 3, "watcher": 3,
     "service": 4,
     "api": 5, "middleware": 5,
