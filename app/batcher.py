@@ -1,18 +1,26 @@
 """The micro-batcher: one bounded queue for all clients -> length-grouped batches -> a worker thread.
 
-It knows neither HTTP nor torch. Callers submit payloads with a length estimate and a group key (items of
-different groups, e.g. model versions, never share a batch); `run_batch(list[payload]) -> list[result]`
-runs in a single worker thread (its own, or one given and shared, e.g. with model loading) so the
-event loop keeps accepting requests while the model computes.
+It knows neither HTTP nor torch. Callers submit payloads with their exact length in tokens and a group key
+(items of different groups, e.g. model versions, never share a batch); `run_batch(list[payload]) ->
+list[result]` runs in a single worker thread (its own, or one given and shared, e.g. with model loading)
+so the event loop keeps accepting requests while the model computes.
 
-When the worker is free it waits at most `max_wait_s` after the oldest pending item (less if a full batch
-is already there), takes what is pending (oldest first, a few batches' worth), sorts each group by
+When the worker is free and items are pending, it starts at once unless more are on their way (callers
+announce requests they are still preparing with `incoming()`): then it waits at most `max_wait_s` after
+the oldest pending item (less if a full batch is already there). A lone client so pays no batching wait.
+It takes what is pending (oldest first, a few batches' worth), sorts each group by
 length and cuts contiguous runs by item count and padded-token budget, so a batch holds items of similar
 length and padding stays small. A large request is split across batches and shares them with others.
 While one batch of a round computes, the next is already queued on the worker thread, which so goes
 straight from one batch to the next; the next round is formed when the last batch of this one ends.
-Items whose caller has gone (cancelled future) are dropped before compute; a failing batch fails only its
-own items and the worker keeps running; on stop, every item not computed fails with NotReady.
+Items whose caller has gone (cancelled future) are dropped before compute. When `run_batch` raises, the
+batch is split in halves and each is run again (on the compute thread, at once), down to single items,
+so that only the items at fault fail (with InferenceError) and the worker keeps running; on stop, every
+item not computed fails with NotReady.
+
+Admission counts work in tokens: a request is refused (Overloaded, before anything of it is queued) when
+the queue holds `queue_size` items or `max_queue_tokens` tokens, or when the tokens accepted and not yet
+computed would take longer than `max_queue_wait_s` at the measured throughput (tokens per second).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,12 +52,13 @@ class BatchPolicy:
     max_batch_tokens: int = 16384  # batch size x longest length, the padded cost of one batch
     max_wait_s: float = 0.002  # wait after the oldest pending item for a batch to fill
     queue_size: int = 4096  # items pending at most; more are refused with Overloaded
+    max_queue_tokens: int = 1 << 20  # tokens pending at most; more are refused with Overloaded
     retry_after_s: int = 1  # advertised to refused clients
     max_queue_wait_s: float = 0.0  # refuse work expected to wait longer in the queue (0 = no such limit)
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_batch_tokens < 1 or self.queue_size < 1:
-            raise ValueError(f"batch size, token budget and queue size must be >= 1: {self}")
+        if min(self.max_batch_size, self.max_batch_tokens, self.queue_size, self.max_queue_tokens) < 1:
+            raise ValueError(f"batch size, token budget and queue bounds must be >= 1: {self}")
         if self.max_wait_s < 0 or self.max_queue_wait_s < 0:
             raise ValueError(f"max_wait_s and max_queue_wait_s must be >= 0: {self}")
 
@@ -57,7 +66,7 @@ class BatchPolicy:
 @dataclass
 class WorkItem:
     payload: Any
-    length: int  # estimated tokens: the sort key and the token-budget unit
+    length: int  # tokens: the sort key and the unit of the batch budget and of admission
     group: Hashable
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
@@ -68,11 +77,11 @@ class BatchReport:
     """What one batch did; handed to the `on_batch` observer (metrics)."""
 
     size: int
-    padded_tokens: int  # size x longest estimated length
-    real_tokens: int  # sum of estimated lengths
+    padded_tokens: int  # size x longest length
+    real_tokens: int  # sum of lengths
     queue_waits: list[float]  # seconds each item waited before compute
     run_seconds: float
-    failed: bool
+    failed_items: int  # items that failed (alone: the others of the batch were computed)
 
 
 def cut_batches(items: Sequence[WorkItem], policy: BatchPolicy) -> list[list[WorkItem]]:
@@ -104,10 +113,10 @@ class MicroBatcher:
         self.run_batch = run_batch
         self.policy = policy
         self.on_batch = on_batch
-        self.consecutive_failures = 0  # batches in a row in which every item failed (readiness)
-        self.failing_group: Hashable | None = None  # the group of the latest such batch
-        self.items_per_s: float | None = None  # measured forward throughput (moving average), for admission
-        self._in_round = 0  # items of the current round not computed (or dropped) yet
+        self.tokens_per_s: float | None = None  # measured forward throughput (moving average), for admission
+        self._in_round_tokens = 0  # tokens of the current round not computed (or dropped) yet
+        self._queued_tokens = 0  # tokens of the items in _pending
+        self._incoming = 0  # requests announced with incoming() and not submitted yet
         self._pending: deque[WorkItem] = deque()
         self._arrived = asyncio.Event()
         # batches run one at a time on a single thread: given (shared with model loading) or our own
@@ -134,24 +143,38 @@ class MicroBatcher:
             item = self._pending.popleft()
             if not item.future.done():
                 item.future.set_exception(NotReady("the service is shutting down"))
+        self._queued_tokens = 0
         if self._owns_executor:
             self._executor.shutdown(wait=True)
+
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Announce a request being prepared (tokenized) for submission: the worker waits for it (at most
+        `max_wait_s`) instead of starting a batch without it."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+            self._arrived.set()  # submitted or given up: the worker need not wait for it any longer
 
     def submit(
         self, payloads: Sequence[Any], lengths: Sequence[int], group: Hashable
     ) -> list[asyncio.Future]:
         """Queue all payloads or none: Overloaded when they do not fit, so a request is never half-queued."""
-        if len(self._pending) + len(payloads) > self.policy.queue_size:
+        if not self._fits(lengths):
             self._drop_abandoned()
-        if len(self._pending) + len(payloads) > self.policy.queue_size:
+        if not self._fits(lengths):
             raise Overloaded(
-                f"queue full ({len(self._pending)} of {self.policy.queue_size} items pending); retry later",
+                f"queue full ({len(self._pending)} of {self.policy.queue_size} items, "
+                f"{self._queued_tokens} of {self.policy.max_queue_tokens} tokens pending); retry later",
                 retry_after=self.policy.retry_after_s,
             )
-        self._refuse_long_waits()
+        self.check_admission()
         loop = asyncio.get_running_loop()
         items = [WorkItem(p, n, group, loop.create_future()) for p, n in zip(payloads, lengths, strict=True)]
         self._pending.extend(items)
+        self._queued_tokens += sum(lengths)
         self._arrived.set()
         return [item.future for item in items]
 
@@ -165,18 +188,26 @@ class MicroBatcher:
                 future.cancel()
             raise
 
+    def _fits(self, lengths: Sequence[int]) -> bool:
+        return (
+            len(self._pending) + len(lengths) <= self.policy.queue_size
+            and self._queued_tokens + sum(lengths) <= self.policy.max_queue_tokens
+        )
+
     @property
     def backlog(self) -> int:
-        """Items accepted and not computed yet: queued, or in the round being computed."""
-        return len(self._pending) + self._in_round
+        """Tokens accepted and not computed yet: queued, or in the round being computed."""
+        return self._queued_tokens + self._in_round_tokens
 
     def expected_wait_s(self) -> float:
-        """Seconds until the items queued now are computed (a new item's wait); 0 before any measurement."""
-        if not self.items_per_s:
+        """Seconds until the work queued now is computed (a new item's wait); 0 before any measurement."""
+        if not self.tokens_per_s:
             return 0.0
-        return self.backlog / self.items_per_s
+        return self.backlog / self.tokens_per_s
 
-    def _refuse_long_waits(self) -> None:
+    def check_admission(self) -> None:
+        """Overloaded when new work would wait longer than `max_queue_wait_s`: callers ask before they
+        spend anything on a request (tokenization), and submit asks again."""
         # a count bound alone lets a slow model queue minutes of work: bound the wait itself. A request's
         # own items do not count, so an idle server admits any request within max_items.
         wait, limit = self.expected_wait_s(), self.policy.max_queue_wait_s
@@ -188,12 +219,13 @@ class MicroBatcher:
 
     def _drop_abandoned(self) -> None:
         self._pending = deque(item for item in self._pending if not item.future.done())
+        self._queued_tokens = sum(item.length for item in self._pending)
 
     async def _work(self) -> None:
         while True:
             await self._wait_for_batch()
             round_items = self._take_round()
-            self._in_round = len(round_items)
+            self._in_round_tokens = sum(item.length for item in round_items)
             await self._run_round(cut_batches(round_items, self.policy))
 
     async def _run_round(self, batches: list[list[WorkItem]]) -> None:
@@ -208,7 +240,7 @@ class MicroBatcher:
                     running = await self._first_done(running)
                 batch = not_yet.pop(0)
                 live = [item for item in batch if not item.future.done()]  # callers gone: dropped
-                self._in_round -= len(batch) - len(live)
+                self._in_round_tokens -= sum(item.length for item in batch) - sum(it.length for it in live)
                 if live:
                     handed_over.append(live)
                     running.add(asyncio.create_task(self._run(live)))
@@ -225,11 +257,11 @@ class MicroBatcher:
                 await asyncio.gather(*running, return_exceptions=True)
             finally:
                 self._fail_stranded(handed_over)
-                self._in_round = 0
+                self._in_round_tokens = 0
 
     def _fail_stranded(self, batches: Iterable[list[WorkItem]]) -> None:
         for batch in batches:
-            self._resolve(batch, [NotReady("the service is shutting down")] * len(batch), failed=True)
+            self._resolve(batch, [NotReady("the service is shutting down")] * len(batch))
 
     @staticmethod
     async def _first_done(running: set[asyncio.Task]) -> set[asyncio.Task]:
@@ -241,10 +273,11 @@ class MicroBatcher:
         return pending
 
     async def _wait_for_batch(self) -> None:
-        """Return once items are pending and a full batch is there or the oldest waited `max_wait_s`."""
+        """Return once items are pending and no more are on their way, a full batch is there, or the
+        oldest waited `max_wait_s`."""
         while True:
             self._drop_abandoned()
-            if self._pending and len(self._pending) >= self.policy.max_batch_size:
+            if self._pending and (not self._incoming or len(self._pending) >= self.policy.max_batch_size):
                 return
             if self._pending:
                 timeout = self._pending[0].enqueued + self.policy.max_wait_s - time.monotonic()
@@ -258,7 +291,9 @@ class MicroBatcher:
 
     def _take_round(self) -> list[WorkItem]:
         count = min(len(self._pending), self.policy.max_batch_size * ROUND_BATCHES)
-        return [self._pending.popleft() for _ in range(count)]
+        taken = [self._pending.popleft() for _ in range(count)]
+        self._queued_tokens -= sum(item.length for item in taken)
+        return taken
 
     async def _run(self, batch: list[WorkItem]) -> None:
         # started/finished: when the compute thread took and finished the batch, so that waiting for the
@@ -270,51 +305,60 @@ class MicroBatcher:
             results, started, finished = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._call, payloads
             )
-            failed = False
-        except Exception as exc:  # any failure of run_batch stays inside this batch
+        except Exception as exc:  # a broken run_batch (wrong result count) fails this batch only
             log.exception("batch of %d items failed", len(batch))
-            results, failed = [InferenceError(f"inference failed for this batch: {exc}")] * len(batch), True
+            results = [InferenceError(f"inference failed for this batch: {exc}")] * len(batch)
             finished = time.monotonic()
-        self._in_round -= len(batch)
-        self._resolve(batch, results, failed)
-        self._track_failures(batch, results)
-        if not failed:
-            self._measure_throughput(len(batch), finished - started)
-        self._report(batch, started, finished, failed)
+        tokens = sum(item.length for item in batch)
+        self._in_round_tokens -= tokens
+        self._resolve(batch, results)
+        failed_items = sum(isinstance(result, Exception) for result in results)
+        if not failed_items:  # a batch split to isolate a failure is no measure of throughput
+            self._measure_throughput(tokens, finished - started)
+        self._report(batch, started, finished, failed_items)
 
-    def _measure_throughput(self, items: int, seconds: float) -> None:
-        rate = items / max(seconds, 1e-6)
-        self.items_per_s = rate if self.items_per_s is None else 0.8 * self.items_per_s + 0.2 * rate
+    def _measure_throughput(self, tokens: int, seconds: float) -> None:
+        rate = tokens / max(seconds, 1e-6)
+        self.tokens_per_s = rate if self.tokens_per_s is None else 0.8 * self.tokens_per_s + 0.2 * rate
 
     def _call(self, payloads: list[Any]) -> tuple[list[Any], float, float]:
         """run_batch on the compute thread -> (results, when it started there, when it finished)."""
         started = time.monotonic()
-        results = self.run_batch(payloads)
+        results = self._run_isolating(payloads)
+        return results, started, time.monotonic()
+
+    def _run_isolating(self, payloads: list[Any]) -> list[Any]:
+        """run_batch; when it raises, each half is run again, down to single items, so that only the
+        items at fault fail (a batch with one bad item of n costs about 2 log2(n) extra smaller runs)."""
+        try:
+            results = self.run_batch(payloads)
+        except Exception as exc:
+            if len(payloads) == 1:
+                log.warning("an item failed alone: %s", exc)
+                return [InferenceError(f"inference failed for this item: {exc}")]
+            log.warning(
+                "a batch of %d items failed (%s); splitting it to isolate the failure", len(payloads), exc
+            )
+            half = len(payloads) // 2
+            return self._run_isolating(payloads[:half]) + self._run_isolating(payloads[half:])
         if len(results) != len(payloads):
             raise RuntimeError(
                 f"run_batch returned {len(results)} results for {len(payloads)} payloads; "
                 "it must return exactly one result per payload, in order"
             )
-        return results, started, time.monotonic()
+        return results
 
     @staticmethod
-    def _resolve(batch: list[WorkItem], results: list[Any], failed: bool) -> None:
+    def _resolve(batch: list[WorkItem], results: list[Any]) -> None:
         for item, result in zip(batch, results, strict=True):
             if item.future.done():  # the caller left while we computed
                 continue
-            if failed or isinstance(result, Exception):  # run_batch may fail single items
+            if isinstance(result, Exception):  # run_batch may fail single items
                 item.future.set_exception(result)
             else:
                 item.future.set_result(result)
 
-    def _track_failures(self, batch: list[WorkItem], results: list[Any]) -> None:
-        if all(isinstance(result, Exception) for result in results):
-            self.consecutive_failures += 1
-            self.failing_group = batch[0].group
-        else:
-            self.consecutive_failures = 0
-
-    def _report(self, batch: list[WorkItem], started: float, finished: float, failed: bool) -> None:
+    def _report(self, batch: list[WorkItem], started: float, finished: float, failed_items: int) -> None:
         if self.on_batch is None:
             return
         longest = max(item.length for item in batch)
@@ -325,6 +369,6 @@ class MicroBatcher:
                 real_tokens=sum(item.length for item in batch),
                 queue_waits=[started - item.enqueued for item in batch],
                 run_seconds=finished - started,
-                failed=failed,
+                failed_items=failed_items,
             )
         )

@@ -37,12 +37,14 @@ class Settings(BaseSettings):
 
     # --- micro-batching ---
     max_batch_size: int = Field(64, ge=1, le=4096)  # items per forward pass (1 turns batching off)
-    # token budget of one forward pass (estimated lengths); 0 = auto: 2048 on cpu, 16384 on cuda
+    # token budget of one forward pass (exact lengths: size x longest); 0 = auto: 2048 on cpu, 16384 on cuda
     max_batch_tokens: int = Field(0, ge=0)
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)  # longest wait for more items after the first one
     queue_size: int = Field(4096, ge=1)  # items waiting at most; beyond it requests get 429
+    max_queue_tokens: int = Field(262144, ge=1)  # tokens waiting at most; beyond it requests get 429
+    tokenize_threads: int = Field(2, ge=1, le=64)  # threads encoding requests at admission (not the loop)
     retry_after_s: int = Field(1, ge=1)  # Retry-After advertised with 429 and 503 answers
-    max_queue_wait_s: float = Field(10.0, ge=0.0)  # 429 when the expected queue wait is longer; 0 = off
+    max_queue_wait_s: float = Field(10.0, ge=0.0)  # 429 when the queued tokens need longer; 0 = off
 
     # --- input limits ---
     max_items: int = Field(256, ge=1)  # items in one /score_batch request
@@ -51,7 +53,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0.0)  # a request still queued or computing after this gets 504
     body_timeout_s: float = Field(10.0, gt=0.0)  # a body still arriving after this gets 408 (slow clients)
     shutdown_grace_s: float = Field(30.0, ge=0.0)  # on SIGTERM, time in-flight requests get to finish
-    unready_after_failures: int = Field(3, ge=1)  # consecutive failed batches that turn /readyz to 503
+    unready_after_failures: int = Field(3, ge=1)  # model failures in a row (canary too) -> /readyz 503
 
     # --- reward mixing and normalization ---
     alpha: float = Field(0.5, ge=0.0, le=1.0)  # default heuristic weight of the hybrid reward

@@ -24,7 +24,14 @@ from app.metrics import ServiceMetrics
 from app.middleware import HardeningMiddleware
 from app.normalize import RunningStats, write_snapshot
 from app.registry import ModelRegistry, configure_torch_threads
-from app.service import BatchScorer, ScoringDefaults, ScoringService, heuristic_config
+from app.service import (
+    Admission,
+    BatchScorer,
+    ModelHealth,
+    ScoringDefaults,
+    ScoringService,
+    heuristic_config,
+)
 from app.store import remove_stale_temporaries
 from app.watcher import ModelWatcher
 
@@ -42,6 +49,7 @@ def batch_policy(settings: Settings, device_type: str) -> BatchPolicy:
         max_batch_tokens=settings.max_batch_tokens or AUTO_BATCH_TOKENS.get(device_type, 16384),
         max_wait_s=settings.max_wait_ms / 1000,
         queue_size=settings.queue_size,
+        max_queue_tokens=settings.max_queue_tokens,
         retry_after_s=settings.retry_after_s,
         max_queue_wait_s=settings.max_queue_wait_s,
     )
@@ -108,15 +116,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     registry = ModelRegistry(
         settings.model_store, settings.device, settings.dtype, settings.execution_path, settings.onnx_cache
     )
+    health = ModelHealth()
     batcher = MicroBatcher(
-        BatchScorer(heuristics_of(settings)),
+        BatchScorer(health),
         batch_policy(settings, registry.device.type),
         metrics.observe_batch,
         executor=registry.compute,  # forward passes and model loads share the one torch thread
     )
     metrics.track_queue_depth(lambda: batcher.queue_depth)
     stats, defaults = running_stats_of(settings), scoring_defaults(settings)
-    service = ScoringService(registry, batcher, stats, defaults, metrics)
+    admission = Admission(heuristics_of(settings), settings.tokenize_threads, settings.retry_after_s)
+    service = ScoringService(registry, batcher, admission, health, stats, defaults, metrics)
     watcher = ModelWatcher(registry, metrics, settings.reload_interval)
     app.state.registry, app.state.batcher, app.state.service = registry, batcher, service
     app.state.watcher = watcher
@@ -138,6 +148,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 log.exception("background task %s failed", task.get_name())
         await watcher.stop()
         await batcher.stop()
+        await asyncio.to_thread(admission.close)
         await asyncio.to_thread(registry.close)  # waits for a load still running on the compute thread
         await save_snapshot(service.running_stats, settings)
 

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import torch
 
-from app.backends.choice import Execution, candidate_names, cast_for_serving, choose_execution, torch_path
+from app.backends.choice import ONNX_PATHS, MeasuredBackend, candidate_names, measure_execution
 from app.backends.onnx import onnx_available
 from app.errors import CheckpointError
 from app.store import LoadedVersion, load_version, read_current, version_dir
@@ -25,7 +25,6 @@ from app.store import LoadedVersion, load_version, read_current, version_dir
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MIN_MAX_LEN = 8  # tokens: CLS, two SEPs and a few of text on each side
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # fixed inputs of the warm-up forward: short, ordinary, empty-ish and longer than most models' max_len
 CANARY_PAIRS = (
@@ -54,17 +53,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def prepare_for_serving(version: LoadedVersion, dtype: torch.dtype) -> None:
-    """The version's torch model in `dtype` (see cast_for_serving), run as it is by forward_raw."""
-    cast_for_serving(version.model, dtype)
-    version.execution = None
-
-
-def execution_of(version: LoadedVersion) -> Execution:
-    """How the version's forward runs: chosen at load, or its torch model as it is."""
-    if version.execution is None:
-        dtype = str(next(version.model.parameters()).dtype).removeprefix("torch.")
-        return Execution(torch_path(dtype, version.model), version.tokenizer.pad, dtype)
-    return version.execution
+    """Ready a loaded version to serve in `dtype` (its backend checks that the checkpoint can serve)."""
+    try:
+        version.backend.prepare(dtype)
+    except CheckpointError as exc:
+        raise CheckpointError(f"version {version.version}: {exc}") from exc
 
 
 def configure_torch_threads(threads: int) -> None:
@@ -78,24 +71,11 @@ def configure_torch_threads(threads: int) -> None:
 
 
 def forward_raw(version: LoadedVersion, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-    """Raw model outputs for pairs, in input order: tokenize in Rust, then the version's forward."""
-    return execution_of(version).forward(version.tokenizer.encode_pairs(prompts, responses))
+    """Raw model outputs for pairs, in input order (encode and forward in one call: warm-up, benchmarks)."""
+    return version.backend.forward(version.backend.encode(prompts, responses))
 
 
-def check_compatible(version: LoadedVersion) -> None:
-    """Refuse an encoding this service cannot feed to the model: a pair must fit the position table,
-    leave room for text beside the three special tokens, and pad with the id the model masks."""
-    spec, cfg, tokenizer = version.tokenizer.spec, version.model.cfg, version.tokenizer
-    problems = []
-    if not MIN_MAX_LEN <= spec.max_len <= cfg.max_len:
-        problems.append(f"encoding max_len {spec.max_len} is not in [{MIN_MAX_LEN}, {cfg.max_len}] (model's)")
-    if tokenizer.pad_id != cfg.pad_id:
-        problems.append(f"tokenizer pads with id {tokenizer.pad_id}, the model masks id {cfg.pad_id}")
-    if problems:
-        raise CheckpointError(f"version {version.version}: incompatible config: {'; '.join(problems)}")
-
-
-def warm_up(version: LoadedVersion) -> None:
+def warm_up(version: LoadedVersion, dtype: torch.dtype) -> None:
     """Score the canary pairs alone and together; refuse non-finite or batch-dependent rewards."""
     prompts, responses = zip(*CANARY_PAIRS, strict=True)
     together = forward_raw(version, prompts, responses)
@@ -104,7 +84,7 @@ def warm_up(version: LoadedVersion) -> None:
         raise CheckpointError(f"version {version.version}: non-finite rewards on canary inputs: {together}")
     drift = max(abs(a - b) for a, b in zip(together, alone, strict=True))
     # a few units in the last place of the compute dtype (bf16: 2^-7) are rounding, not a batching bug
-    eps = execution_of(version).path.eps
+    eps = version.execution.path.eps if version.execution else torch.finfo(dtype).eps
     if drift > max(1e-3, 4 * eps) * max(1.0, max(abs(x) for x in alone)):
         raise CheckpointError(f"version {version.version}: rewards change with batching (by {drift:.3g})")
 
@@ -149,21 +129,37 @@ class ModelRegistry:
             raise CheckpointError(f"{self.store}: no CURRENT version; publish a model first (reward-train)")
         started = time.perf_counter()
         loaded = load_version(version_dir(self.store, name), device=self.device)
-        check_compatible(loaded)
-        loaded.execution = choose_execution(
-            loaded.model, loaded.tokenizer, loaded.manifest, loaded.calibration[1], self.paths,
-            self.onnx_cache / loaded.version,
-        )  # fmt: skip
-        loaded.model = loaded.execution.path.model or loaded.model  # the fp32 copy goes when bf16 serves
-        warm_up(loaded)
+        prepare_for_serving(loaded, self.dtype)
+        if len(self.paths) > 1 or self.paths[0] in ONNX_PATHS:
+            self.measure_execution(loaded)
+        warm_up(loaded, self.dtype)
         self.last_load_seconds = time.perf_counter() - started
         return loaded
+
+    def measure_execution(self, loaded: LoadedVersion) -> None:
+        """Serve `loaded` on the fastest of this machine's execution paths that keeps float32's rewards."""
+        loaded.execution = measure_execution(
+            loaded.backend,
+            loaded.manifest,
+            loaded.calibration[1],
+            self.paths,
+            self.onnx_cache / loaded.version,
+        )
+        loaded.backend = MeasuredBackend(loaded.backend, loaded.execution)
+        loaded.model = loaded.backend.model  # the float32 copy goes when a bfloat16 copy serves
+
+    def execution_report(self, version: LoadedVersion) -> dict:
+        """The `execution` of /v1/model: the measured choice, or the torch precision a setting forced."""
+        if version.execution is not None:
+            return version.execution.report()
+        dtype = str(self.dtype).removeprefix("torch.")
+        return {"path": dtype, "dtype": dtype, "setting": dtype, "seconds": 0.0, "candidates": []}
 
     def activate(self, loaded: LoadedVersion) -> LoadedVersion | None:
         """Make `loaded` the live version (one reference swap); returns the one it replaced."""
         self.previous, self.current = self.current, loaded
         self.last_error = None
-        path = execution_of(loaded).path.name
+        path = self.execution_report(loaded)["path"]
         log.info("model version %s is live on %s (%s)", loaded.version, self.device, path)
         return self.previous
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NormalizeMode = Literal["none", "batch", "running"]
 NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -20,11 +20,23 @@ class StrictModel(BaseModel):
 
 
 class Pair(StrictModel):
-    prompt: str = Field(min_length=1, description="The prompt (conversation so far). Non-empty.")
+    # non-empty checked in Python, not by min_length: pydantic's length check refuses a lone surrogate as
+    # a ValidationError wherever a Pair is built (a 500 in routes that build Pairs from templated text);
+    # such text is refused with the same 422, naming the field, when it is tokenized at admission
+    prompt: str = Field(
+        json_schema_extra={"minLength": 1}, description="The prompt (conversation so far). Non-empty."
+    )
     response: str = Field(
         description="The response to score. May be empty: an empty generation is scored (the heuristic's "
         "too-short penalty applies), not refused."
     )
+
+    @field_validator("prompt")
+    @classmethod
+    def refuse_empty_prompt(cls, prompt: str) -> str:
+        if not prompt:
+            raise ValueError("the prompt must not be empty")
+        return prompt
 
 
 class ScoreOptions(StrictModel):
@@ -100,6 +112,8 @@ class ScoreResponse(ItemScore, ScoringContext):
 class ScoreBatchResponse(ScoringContext):
     rewards: list[float] = Field(description="Final rewards in input order.")
     items: list[ItemScore] = Field(description="Every part of every reward, in input order.")
+    # not part of the answer: the tokens the model read, counted at admission (/classify reports usage)
+    input_tokens: int = Field(0, exclude=True)
 
 
 class RunningStatsResponse(BaseModel):

@@ -1,26 +1,32 @@
 """ScoringService: the scoring pipeline, callable without HTTP.
 
-pairs -> limits -> one model version -> micro-batcher (worker thread: tokenize, forward, heuristic,
-calibration) -> hybrid reward -> normalization -> clipping -> response schema.
+pairs -> limits -> one model version -> admission (a small thread pool, per request: exact token ids and
+the heuristic; a text that cannot be encoded is this request's 422) -> micro-batcher (exact token counts;
+compute thread: forward, calibration) -> hybrid reward -> normalization -> clipping -> response schema.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from app.backends import EncodeError
 from app.batcher import MicroBatcher
-from app.errors import InferenceError, InvalidInput, NotReady
+from app.errors import InferenceError, InvalidInput, NotReady, Overloaded
 from app.heuristics import DEFAULT_TOXIC_KEYWORDS, HeuristicConfig, HeuristicScore, heuristic_score
 from app.metrics import ServiceMetrics
 from app.normalize import RunningStats, batch_zscore, clip, hybrid, mixing_weights
-from app.registry import ModelRegistry, forward_raw
+from app.registry import CANARY_PAIRS, ModelRegistry
 from app.schemas import HeuristicParts, ItemScore, Pair, ScoreBatchResponse, ScoreOptions
 from app.store import LoadedVersion
 
-CHARS_PER_TOKEN = 4  # length estimate before tokenization, for sorting and the token budget
-SPECIAL_TOKENS_PER_PAIR = 3  # CLS, SEP, SEP
+log = logging.getLogger(__name__)
+# requests waiting for a tokenizer thread, per thread, before more are refused with 429 at once
+PENDING_PER_TOKENIZE_THREAD = 64
 
 
 @dataclass(frozen=True)
@@ -33,15 +39,15 @@ class ScoringDefaults:
     clip: float | None = None
     max_items: int = 256
     max_text_chars: int = 20000
-    unready_after_failures: int = 3  # batches in a row that all failed before /readyz says 503
+    unready_after_failures: int = 3  # model failures in a row (its canary failed too) before /readyz 503
 
 
 @dataclass(frozen=True)
 class PairPayload:
     """One item on its way through the batcher, pinned to the version its request captured."""
 
-    prompt: str
-    response: str
+    ids: list[int]  # exactly what the model reads (rendered, truncated)
+    heuristic: HeuristicScore
     version: LoadedVersion
 
 
@@ -59,28 +65,116 @@ def heuristic_config(keywords: Sequence[str] | None = None, **weights: float | i
     return HeuristicConfig(toxic_keywords=frozenset(keywords or DEFAULT_TOXIC_KEYWORDS), **weights)
 
 
-class BatchScorer:
-    """The batcher's `run_batch`: runs in the worker thread on items of one version."""
+class ModelHealth:
+    """Failures that are the model's, for readiness: a forward pass whose items all failed and after which
+    the version's known-good canary failed too. A failure that only some inputs cause (a client's) never
+    counts: it proves the model still serves."""
 
-    def __init__(self, heuristics: HeuristicConfig):
-        self.heuristics = heuristics
+    def __init__(self) -> None:
+        self.consecutive_failures = 0
+        self.failing_version: str | None = None
+
+    def record(self, version: LoadedVersion, model_failed: bool) -> None:
+        if model_failed:
+            self.consecutive_failures += 1
+            self.failing_version = version.version
+        else:
+            self.consecutive_failures = 0
+
+
+class BatchScorer:
+    """The batcher's `run_batch`: runs in the worker thread on items of one version. An input-dependent
+    failure is raised (the batcher then isolates the items at fault); a model that fails its canary too
+    fails the whole batch at once and is recorded in `health`."""
+
+    def __init__(self, health: ModelHealth):
+        self.health = health
 
     def __call__(self, payloads: list[PairPayload]) -> list[ItemParts | InferenceError]:
         version = payloads[0].version
         if any(p.version is not version for p in payloads):
             raise RuntimeError("a micro-batch mixes model versions; the batcher must group by version")
-        raw = forward_raw(version, [p.prompt for p in payloads], [p.response for p in payloads])
+        try:
+            raw = version.backend.forward([p.ids for p in payloads])
+        except Exception:
+            if self._model_failed(version, all_failed=True):
+                return [InferenceError("the model cannot serve: it fails its canary input too")] * len(
+                    payloads
+                )
+            raise
+        self._model_failed(version, all_failed=not any(math.isfinite(r) for r in raw))
         mean, std = version.calibration
         return [
-            ItemParts(r, (r - mean) / std, heuristic_score(p.response, self.heuristics)) if math.isfinite(r)
+            ItemParts(r, (r - mean) / std, p.heuristic) if math.isfinite(r)
             else InferenceError(f"the model gave a non-finite reward ({r}) for this item (corrupt weights?)")
             for r, p in zip(raw, payloads, strict=True)
         ]  # fmt: skip
 
+    def _model_failed(self, version: LoadedVersion, all_failed: bool) -> bool:
+        """Record whether a batch failed because of the model: only when all its items failed is the
+        canary run (one short pair that passed the warm-up)."""
+        failed = all_failed and not canary_passes(version)
+        self.health.record(version, failed)
+        return failed
 
-def estimate_tokens(pair: Pair, max_len: int) -> int:
-    chars = len(pair.prompt) + len(pair.response)
-    return min(max_len, chars // CHARS_PER_TOKEN + SPECIAL_TOKENS_PER_PAIR)
+
+def canary_passes(version: LoadedVersion) -> bool:
+    prompt, response = CANARY_PAIRS[0]
+    try:
+        return all(
+            math.isfinite(r) for r in version.backend.forward(version.backend.encode([prompt], [response]))
+        )
+    except Exception:
+        log.exception("model version %s fails its canary input", version.version)
+        return False
+
+
+def encode_request(
+    version: LoadedVersion, pairs: Sequence[Pair], heuristics: HeuristicConfig, batch: bool
+) -> list[PairPayload]:
+    """Admission work of one request (a tokenizer thread): exact ids and the heuristic of every item;
+    InvalidInput naming the field when a text cannot be encoded."""
+    try:
+        ids = version.backend.encode([p.prompt for p in pairs], [p.response for p in pairs])
+    except EncodeError as exc:
+        loc = text_loc(exc.index, exc.field, batch)
+        raise InvalidInput(
+            f"cannot encode the {exc.field}: {exc.reason}", [{"loc": loc, "msg": exc.reason}]
+        ) from exc
+    return [
+        PairPayload(one, heuristic_score(p.response, heuristics), version)
+        for one, p in zip(ids, pairs, strict=True)
+    ]
+
+
+class Admission:
+    """Encodes requests at admission on a few dedicated threads (never the event loop, never the compute
+    thread); beyond `threads * PENDING_PER_TOKENIZE_THREAD` requests waiting, Overloaded at once."""
+
+    def __init__(self, heuristics: HeuristicConfig, threads: int = 2, retry_after_s: int = 1):
+        self.heuristics = heuristics
+        self.max_pending = threads * PENDING_PER_TOKENIZE_THREAD
+        self.retry_after_s = retry_after_s
+        self.pending = 0
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tokenize")
+
+    async def encode(self, version: LoadedVersion, pairs: Sequence[Pair], batch: bool) -> list[PairPayload]:
+        if self.pending >= self.max_pending:
+            raise Overloaded(
+                f"{self.pending} requests are waiting to be tokenized; retry later",
+                retry_after=self.retry_after_s,
+            )
+        self.pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._pool, encode_request, version, pairs, self.heuristics, batch
+            )
+        finally:
+            self.pending -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def text_loc(index: int, name: str, batch: bool) -> list:
@@ -117,12 +211,16 @@ class ScoringService:
         self,
         registry: ModelRegistry,
         batcher: MicroBatcher,
+        admission: Admission,
+        health: ModelHealth,
         running_stats: RunningStats,
         defaults: ScoringDefaults,
         metrics: ServiceMetrics | None = None,
     ):
         self.registry = registry
         self.batcher = batcher
+        self.admission = admission
+        self.health = health
         self.running_stats = running_stats
         self.defaults = defaults
         self.metrics = metrics or ServiceMetrics()
@@ -134,10 +232,13 @@ class ScoringService:
         return version
 
     def check_ready(self) -> LoadedVersion:
-        """The live version; NotReady when there is none or its latest batches all failed."""
+        """The live version; NotReady when there is none or its latest batches failed by its own fault."""
         version = self.live_version()
-        failures = self.batcher.consecutive_failures
-        if failures >= self.defaults.unready_after_failures and self.batcher.failing_group == id(version):
+        failures = self.health.consecutive_failures
+        if (
+            failures >= self.defaults.unready_after_failures
+            and self.health.failing_version == version.version
+        ):
             raise NotReady(f"the model cannot serve: its last {failures} batches failed (see the server log)")
         return version
 
@@ -145,12 +246,16 @@ class ScoringService:
         """Score pairs with one model version; `batch` says whether they came as /score_batch items."""
         check_limits(pairs, self.defaults, batch)
         version = self.live_version()  # captured once: every item of this request uses it
-        payloads = [PairPayload(p.prompt, p.response, version) for p in pairs]
-        lengths = [estimate_tokens(p, version.tokenizer.spec.max_len) for p in pairs]
+        self.batcher.check_admission()  # refused before anything is spent on it when the queue is long
+        with self.batcher.incoming():  # the batcher waits for these items rather than start without them
+            payloads = await self.admission.encode(version, pairs, batch)
+        lengths = [len(p.ids) for p in payloads]
         parts: list[ItemParts] = await self.batcher.run(payloads, lengths, group=id(version))
-        return self._finish(parts, options, version.version)
+        return self._finish(parts, options, version.version, sum(lengths))
 
-    def _finish(self, parts: list[ItemParts], options: ScoreOptions, version: str) -> ScoreBatchResponse:
+    def _finish(
+        self, parts: list[ItemParts], options: ScoreOptions, version: str, tokens: int
+    ) -> ScoreBatchResponse:
         alpha, beta = mixing_weights(options.alpha, options.beta, (self.defaults.alpha, self.defaults.beta))
         mode = options.normalize or self.defaults.normalize
         bound = options.clip if options.clip is not None else self.defaults.clip
@@ -163,7 +268,7 @@ class ScoringService:
         ]
         return ScoreBatchResponse(
             model_version=version, alpha=alpha, beta=beta, normalize=mode, namespace=options.namespace,
-            clip=bound, rewards=rewards, items=items,
+            clip=bound, rewards=rewards, items=items, input_tokens=tokens,
         )  # fmt: skip
 
     def _observe_rewards(self, parts: list[ItemParts], hybrids: list[float]) -> None:

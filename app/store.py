@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file, save_file
 
+from app.backends import RewardBackend
+from app.backends.native import NativeBackend
 from app.errors import CheckpointError
 from app.model import RewardModel, RewardModelConfig
 from app.tokenizer import EncodingSpec, PairTokenizer
@@ -150,6 +152,7 @@ class LoadedVersion:
     manifest: dict
     metrics: dict
     config: dict
+    backend: RewardBackend  # the only way serving reaches the model: encode at admission, forward in batches
     execution: Execution | None = None  # how its forward pass runs here, chosen at load by the registry
 
     @property
@@ -197,7 +200,8 @@ def load_version(directory: str | Path, device: str | torch.device = "cpu") -> L
     except ValueError as exc:
         raise CheckpointError(f"{directory}/metrics.json: unreadable ({exc})") from exc
     model.to(device).eval()
-    return LoadedVersion(manifest.get("version", directory.name), model, tokenizer, manifest, metrics, config)
+    name = manifest.get("version", directory.name)
+    return LoadedVersion(name, model, tokenizer, manifest, metrics, config, NativeBackend(model, tokenizer))
 
 
 def read_current(store: str | Path) -> str | None:

@@ -3,6 +3,12 @@
 Layout of one input: `CLS prompt SEP response SEP`. When the pair is longer than `max_len`, the prompt
 loses its beginning first (the latest turns matter most); the prompt keeps at least a quarter of the
 budget when the response alone would fill it, and the response then keeps its beginning.
+
+The cost of encoding is bounded by `max_len`, not by the text: a side never keeps more than the pair's
+budget of tokens, so only a window of characters at its kept end is tokenized (the response's head, the
+prompt's tail). Tokens of words wholly inside the window are the whole text's tokens (normalizers and
+pre-tokenizers work locally; the model merges within one word), so the word cut by the window is dropped
+and, when the rest still holds the budget, those are the exact ids; otherwise the whole text is encoded.
 """
 
 from __future__ import annotations
@@ -12,9 +18,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Encoding, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<cls>", "<sep>")  # ids 0..3 in tokenizers trained here
+# characters tokenized per token of budget before falling back to the whole text: prose needs ~4-5,
+# words of rare letters and digits fewer; a text that needs more (e.g. words longer than any token of a
+# WordPiece vocabulary, one [UNK] each) pays for one window and then the whole text
+WINDOW_CHARS_PER_TOKEN = 8
 
 
 @dataclass(frozen=True)
@@ -75,14 +85,31 @@ class PairTokenizer:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         budget = self.spec.max_len - 3
-        prompt_ids = [e.ids for e in self.tokenizer.encode_batch(list(prompts), add_special_tokens=False)]
-        response_ids = [e.ids for e in self.tokenizer.encode_batch(list(responses), add_special_tokens=False)]
+        prompt_ids = self._encode_bounded(prompts, budget, keep_end=True)
+        response_ids = self._encode_bounded(responses, budget, keep_end=False)
         encoded = []
         for p, r in zip(prompt_ids, response_ids, strict=True):
             keep_p, keep_r = split_budget(len(p), len(r), budget)
             p_tail = p[len(p) - keep_p :]
             encoded.append([self.cls_id, *p_tail, self.sep_id, *r[:keep_r], self.sep_id])
         return encoded
+
+    def _encode_bounded(self, texts: Sequence[str], budget: int, keep_end: bool) -> list[list[int]]:
+        """The first (or, `keep_end`, the last) `budget` ids of each text, as the whole text gives them,
+        tokenizing a window of `budget * WINDOW_CHARS_PER_TOKEN` characters (see the module docstring)."""
+        window = budget * WINDOW_CHARS_PER_TOKEN
+        cut = [text[-window:] if keep_end else text[:window] for text in texts]
+        encodings = self.tokenizer.encode_batch(cut, add_special_tokens=False)
+        ids = [
+            e.ids if len(piece) == len(text) else whole_words(e, drop_first=keep_end)
+            for e, piece, text in zip(encodings, cut, texts, strict=True)
+        ]
+        short = [i for i, piece in enumerate(cut) if len(piece) < len(texts[i]) and len(ids[i]) < budget]
+        if short:  # the window did not hold the budget: the whole text, for those only
+            whole = self.tokenizer.encode_batch([texts[i] for i in short], add_special_tokens=False)
+            for i, encoding in zip(short, whole, strict=True):
+                ids[i] = encoding.ids
+        return [one[len(one) - budget :] if keep_end and len(one) > budget else one[:budget] for one in ids]
 
     def pad(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad to the longest member: -> (B, T) input ids, (B, T) attention mask."""
@@ -98,6 +125,15 @@ class PairTokenizer:
         self, prompts: Sequence[str], responses: Sequence[str]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.pad(self.encode_pairs(prompts, responses))
+
+
+def whole_words(encoding: Encoding, drop_first: bool) -> list[int]:
+    """Ids of an encoded window without the word the window's edge may have cut (its first or last)."""
+    words = encoding.word_ids
+    if not words:
+        return []
+    edge = words[0] if drop_first else words[-1]
+    return [token for token, word in zip(encoding.ids, words, strict=True) if word != edge]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 16000, min_frequency: int = 2) -> Tokenizer:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from app.errors import CheckpointError, NotFound
 from app.metrics import ServiceMetrics
-from app.registry import ModelRegistry, execution_of
+from app.registry import ModelRegistry
 from app.store import LoadedVersion, read_current, set_current, version_dir
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class ModelWatcher:
         self._task: asyncio.Task | None = None
 
     def _report_live(self, version: LoadedVersion, load_seconds: float | None) -> None:
-        self.metrics.model_loaded(version.version, load_seconds, execution_of(version).report())
+        self.metrics.model_loaded(version.version, load_seconds, self.registry.execution_report(version))
 
     def start(self) -> None:
         """Remember CURRENT as it is now, report the live version, and poll if an interval is set."""

@@ -56,8 +56,7 @@ from app.registry import (  # noqa: E402
     resolve_device,
     resolve_dtype,
 )
-from app.schemas import Pair, ScoreRequest  # noqa: E402
-from app.service import estimate_tokens  # noqa: E402
+from app.schemas import ScoreRequest  # noqa: E402
 from app.store import LoadedVersion, load_version, read_current, version_dir  # noqa: E402
 
 DEFAULT_DATA = REPO / "data" / "hh_harmless_sample.jsonl"
@@ -358,17 +357,15 @@ def serve_naive(store: Path, port: int, threads: int, dtype: str) -> None:
 # ---------------------------------------------------------------- ceiling
 
 
-def server_like_batches(pairs: list[dict], pool: int, max_len: int, seed: int) -> list[list[dict]]:
-    """`pairs` in random order, taken `pool` at a time (the items pending together in a server) and cut
-    by the server's own code and default CPU limits: what its batches look like at that load."""
+def server_like_batches(pairs: list[dict], lengths: list[int], pool: int, seed: int) -> list[list[dict]]:
+    """`pairs` (of exact token `lengths`) in random order, taken `pool` at a time (the items pending
+    together in a server) and cut by the server's own code and default CPU limits: what its batches look
+    like at that load."""
     policy = BatchPolicy(max_batch_size=64, max_batch_tokens=AUTO_BATCH_TOKENS["cpu"])
-    shuffled = random.Random(seed).sample(pairs, len(pairs))
+    order = random.Random(seed).sample(range(len(pairs)), len(pairs))
     batches = []
-    for start in range(0, len(shuffled), pool):
-        items = [
-            WorkItem(p, estimate_tokens(Pair(prompt=p["prompt"], response=p["response"]), max_len), 0, None)
-            for p in shuffled[start : start + pool]
-        ]
+    for start in range(0, len(order), pool):
+        items = [WorkItem(pairs[i], lengths[i], 0, None) for i in order[start : start + pool]]
         batches += [[item.payload for item in batch] for batch in cut_batches(items, policy)]
     return batches
 
@@ -421,17 +418,16 @@ def in_process_ceiling(
     largest pool while another thread runs Python `python_duty` of the time. Each figure is the best of
     two passes; with `repeats` > 1 all cases are measured in turn that often and the median is kept, so a
     slow spell of a shared machine does not fall on one case only."""
-    encoded = version.tokenizer.encode_pairs([p["prompt"] for p in pairs], [p["response"] for p in pairs])
+    encoded = version.backend.encode([p["prompt"] for p in pairs], [p["response"] for p in pairs])
     lengths = [len(ids) for ids in encoded]
     by_length = [pairs[i] for i in sorted(range(len(pairs)), key=lengths.__getitem__)]  # as the server sorts
-    max_len = version.tokenizer.spec.max_len
     cases: dict[tuple[str, int], tuple[list[list[dict]], float]] = {}
     for size in batch_sizes:
         cases["size", size] = ([by_length[s : s + size] for s in range(0, len(pairs), size)], 0.0)
     for n in pools:
-        cases["pool", n] = (server_like_batches(pairs, n, max_len, seed), 0.0)
+        cases["pool", n] = (server_like_batches(pairs, lengths, n, seed), 0.0)
     if python_duty and pools:
-        cases["loaded", max(pools)] = (server_like_batches(pairs, max(pools), max_len, seed), python_duty)
+        cases["loaded", max(pools)] = (server_like_batches(pairs, lengths, max(pools), seed), python_duty)
     forward_raw(version, [p["prompt"] for p in by_length[:8]], [p["response"] for p in by_length[:8]])
     rates: dict[tuple[str, int], list[float]] = {key: [] for key in cases}
     for _ in range(repeats):
@@ -450,7 +446,7 @@ def in_process_ceiling(
         "items_per_s_largest_pool_with_python_load": rate.get(("loaded", max(pools, default=0))),
         "repeats": repeats,
         "mean_tokens": sum(lengths) / len(lengths),
-        "max_len": max_len,
+        "max_len": version.backend.max_len,
     }
 
 

@@ -155,7 +155,7 @@ async def classify(
         created=int(time.time()),
         model=result.model_version,
         data=data,
-        usage=usage_of(token_count(service, pairs)),
+        usage=usage_of(result.input_tokens),
     )
 
 
@@ -170,12 +170,6 @@ def usage_of(tokens: int) -> dict[str, int | None]:
         "completion_tokens": 0,
         "prompt_tokens_details": None,
     }
-
-
-def token_count(service: ScoringService, pairs: list[Pair]) -> int:
-    """Tokens the live model read for these pairs (after truncation), for the usage report."""
-    tokenizer = service.live_version().tokenizer
-    return sum(map(len, tokenizer.encode_pairs([p.prompt for p in pairs], [p.response for p in pairs])))
 
 
 @router.get("/v1/models", summary="The served model, OpenAI-style", responses=error_docs(503))

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, Path
 from app.api.deps import Registry, Service, require_admin
 from app.api.errors import error_docs
 from app.errors import NotFound
-from app.registry import execution_of
 from app.schemas import NAMESPACE_PATTERN, ModelInfo, RunningStatsResponse
 
 router = APIRouter(tags=["model"])
@@ -29,8 +28,8 @@ async def read_model(service: Service, registry: Registry) -> ModelInfo:
         encoding=version.tokenizer.spec.to_dict(),
         parameters=version.model.num_parameters(),
         device=str(registry.device),
-        dtype=execution_of(version).path.dtype,
-        execution=execution_of(version).report(),
+        dtype=registry.execution_report(version)["dtype"],
+        execution=registry.execution_report(version),
         calibration={"reward_mean": mean, "reward_std": std},
         metrics=version.metrics,
         manifest=version.manifest,

@@ -14,7 +14,10 @@ every backend.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
 
 
 class EncodeError(ValueError):
@@ -47,4 +50,9 @@ class RewardBackend(Protocol):
     def forward(self, ids: Sequence[Sequence[int]]) -> list[float]:
         """Raw rewards of already encoded inputs, in input order: pad, one forward pass, unpad.
         The result of an input does not depend on the others in the call (beyond float rounding)."""
+        ...
+
+    def prepare(self, dtype: torch.dtype) -> None:
+        """Make a freshly loaded model ready to serve in `dtype` (eval mode, cast); raises CheckpointError
+        when the checkpoint cannot serve (e.g. its encoding does not fit the model). Compute thread."""
         ...

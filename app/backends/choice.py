@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from app.backends.native import NativeBackend
 from app.errors import CheckpointError
 from app.model import RewardModel
 from app.tokenizer import PairTokenizer
@@ -70,15 +71,15 @@ CANARY_PROMPTS = (
     ),
 )
 
-RunPadded = Callable[[torch.Tensor, torch.Tensor], Sequence[float]]  # (B, T) ids, (B, T) mask -> B rewards
+Forward = Callable[[Sequence[Sequence[int]]], list[float]]  # a RewardBackend's forward: ids -> rewards
 
 
 @dataclass
 class ExecutionPath:
-    """One way to run the model: its name and a function over a padded, length-sorted batch."""
+    """One way to run the model: its name and a backend forward (encoded inputs -> raw rewards)."""
 
     name: str  # float32, bfloat16, float16, onnx or onnx-int8
-    run: RunPadded
+    forward: Forward
     dtype: str  # the precision of its arithmetic: float32, bfloat16, float16 or int8
     model: RewardModel | None = None  # the torch module behind `run`, if any (kept while it serves)
 
@@ -100,54 +101,41 @@ class CandidateReport:
 
 @dataclass
 class Execution:
-    """The path serving a version, with the tokenizer's padding; `forward` is a backend's forward."""
+    """The path serving a version, how it was chosen, and every candidate's figures."""
 
     path: ExecutionPath
-    pad: Callable[[list[list[int]]], tuple[torch.Tensor, torch.Tensor]]
     setting: str  # "auto" (measured) or the path a setting forced
     candidates: list[CandidateReport] = field(default_factory=list)
     seconds: float = 0.0  # time spent building, checking and timing the candidates
 
     def forward(self, ids: Sequence[Sequence[int]]) -> list[float]:
-        """Raw rewards of encoded inputs in input order: sort by length (the nested-tensor fast path
-        skips padding; ORT pads the least), pad, run, restore the order."""
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        sorted_out = self.path.run(*self.pad([list(ids[i]) for i in order]))
-        raw = [0.0] * len(ids)
-        for position, index in enumerate(order):
-            raw[index] = float(sorted_out[position])
-        return raw
+        return self.path.forward(ids)
 
     def report(self) -> dict:
         """What /v1/model shows: the path, how it was chosen, and each candidate's figures."""
         return {
             "path": self.path.name,
+            "dtype": self.path.dtype,
             "setting": self.setting,
             "seconds": round(self.seconds, 3),
             "candidates": [asdict(c) for c in self.candidates],
         }
 
 
-def cast_for_serving(model: RewardModel, dtype: torch.dtype) -> RewardModel:
-    """Eval mode (no dropout; the encoder's nested-tensor fast path) with the encoder in `dtype`; the
-    reward head, a tiny MLP, stays in float32 so rewards keep their precision (see RewardHead)."""
-    model.to(dtype=dtype).eval()
-    model.head.float()
-    return model
+def native_path(name: str, model: RewardModel, tokenizer: PairTokenizer) -> ExecutionPath:
+    """The native backend over `model` in the precision `name` (cast in place)."""
+    backend = NativeBackend(model, tokenizer)
+    backend.prepare(TORCH_PATHS[name])
+    return ExecutionPath(name, backend.forward, name, model)
 
 
-def torch_path(name: str, model: RewardModel) -> ExecutionPath:
-    """`model` (already cast) on its device; CUDA inputs go through page-locked memory."""
-    device = next(model.parameters()).device
+class MeasuredBackend:
+    """A version's backend with its forward on the measured path; encoding stays the backend's own."""
 
-    def run(input_ids: torch.Tensor, mask: torch.Tensor) -> list[float]:
-        if device.type == "cuda":  # page-locked host memory: the copies run asynchronously on the stream
-            input_ids = input_ids.pin_memory().to(device, non_blocking=True)
-            mask = mask.pin_memory().to(device, non_blocking=True)
-        with torch.inference_mode():
-            return model(input_ids, mask).float().cpu().tolist()  # (B,); .cpu() synchronizes
-
-    return ExecutionPath(name, run, name, model)
+    def __init__(self, backend: NativeBackend, execution: Execution):
+        self.kind, self.max_len, self.encode = backend.kind, backend.max_len, backend.encode
+        self.model = execution.path.model or backend.model  # the torch module, when a torch path serves
+        self.forward = execution.forward
 
 
 @dataclass
@@ -155,20 +143,21 @@ class Candidates:
     """Builds candidate paths from a version's float32 model."""
 
     reference: RewardModel  # float32, eval mode
+    tokenizer: PairTokenizer
     manifest: dict
     onnx_cache: Path  # <cache>/<version>: where exported graphs go
 
     def build(self, name: str) -> ExecutionPath:
         if name == "float32":
-            return torch_path(name, self.reference)
+            return native_path(name, self.reference, self.tokenizer)
         if name in TORCH_PATHS:
-            return torch_path(name, cast_for_serving(copy.deepcopy(self.reference), TORCH_PATHS[name]))
+            return native_path(name, copy.deepcopy(self.reference), self.tokenizer)
         from app.backends.onnx import OnnxRunner, cached_graph, writable_cache
 
         cache = writable_cache(self.onnx_cache)
         graph = cached_graph(self.reference, self.manifest, cache, quantized=name == "onnx-int8")
         dtype = "int8" if name == "onnx-int8" else "float32"
-        return ExecutionPath(name, OnnxRunner(graph, torch.get_num_threads()), dtype)
+        return ExecutionPath(name, OnnxRunner(graph, self.tokenizer, torch.get_num_threads()).forward, dtype)
 
 
 def canary_ids(tokenizer: PairTokenizer) -> tuple[list[list[int]], Pairs]:
@@ -248,13 +237,13 @@ def measure_and_choose(
     With `setting` naming one path, that path must pass the guard or the version is refused."""
     started = time.perf_counter()
     ids, pairs = canary_ids(tokenizer)
-    base = Execution(reference, tokenizer.pad, setting)
+    base = Execution(reference, setting)
     expected = base.forward(ids)
     reports = {reference.name: CandidateReport(reference.name, True, "", max_deviation_std=0.0, flipped=0)}
     executions = [base]
     for name, build in builders.items():
         try:
-            execution = Execution(build(), tokenizer.pad, setting)
+            execution = Execution(build(), setting)
             reports[name] = check_against_reference(execution, ids, pairs, expected, reward_std)
         except Exception as exc:  # an exporter, runtime or kernel may fail in its own way: refuse the path
             reports[name] = CandidateReport(name, False, f"{type(exc).__name__}: {exc}"[:300])
@@ -284,23 +273,17 @@ def candidate_names(dtype: str, path: str, device: torch.device, onnx_installed:
     return ("float32", "bfloat16", *ONNX_PATHS)
 
 
-def choose_execution(
-    model: RewardModel,
-    tokenizer: PairTokenizer,
-    manifest: dict,
-    reward_std: float,
-    names: tuple[str, ...],
-    onnx_cache: Path,
+def measure_execution(
+    backend: NativeBackend, manifest: dict, reward_std: float, names: tuple[str, ...], onnx_cache: Path
 ) -> Execution:
-    """The path serving a version among `names`: a single torch dtype is used as set (no canary run);
-    otherwise each candidate is checked against float32 and the fastest kept. `model` is float32."""
-    candidates = Candidates(cast_for_serving(model, torch.float32), manifest, onnx_cache)
-    if len(names) == 1 and names[0] in TORCH_PATHS:
-        forced = torch_path(names[0], cast_for_serving(model, TORCH_PATHS[names[0]]))
-        return Execution(forced, tokenizer.pad, names[0])
+    """Check each of `names` against float32 on the canary batch and keep the fastest that passes (or
+    the one path a setting forced). `backend` is prepared in float32."""
+    candidates = Candidates(backend.model, backend.tokenizer, manifest, onnx_cache)
     builders = {name: (lambda name=name: candidates.build(name)) for name in names if name != "float32"}
     setting = names[0] if len(names) == 1 else "auto"
-    execution = measure_and_choose(candidates.build("float32"), builders, tokenizer, reward_std, setting)
+    execution = measure_and_choose(
+        candidates.build("float32"), builders, backend.tokenizer, reward_std, setting
+    )
     log.info(
         "execution path %s (%s) in %.1f s: %s", execution.path.name, setting, execution.seconds,
         ", ".join(f"{c.path} {c.items_per_s or 0:.1f} items/s{'' if c.accepted else ' refused: ' + c.reason}"

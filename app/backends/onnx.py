@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from app.model import RewardModel
+from app.tokenizer import PairTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,9 @@ def writable_cache(preferred: Path) -> Path:
 
 
 class OnnxRunner:
-    """An ONNX Runtime session of one graph: (B, T) ids and mask -> B raw rewards, on `threads` threads."""
+    """An ONNX Runtime session of one graph as a backend forward: encoded inputs -> raw rewards."""
 
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, tokenizer: PairTokenizer, threads: int):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -146,7 +147,15 @@ class OnnxRunner:
         options.inter_op_num_threads = 1  # one batch at a time, as for torch
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVEL)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.tokenizer = tokenizer
 
-    def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor) -> Sequence[float]:
+    def forward(self, ids: Sequence[Sequence[int]]) -> list[float]:
+        """Sorted by length so that similar lengths share a batch's padding, as the native backend does."""
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        input_ids, mask = self.tokenizer.pad([list(ids[i]) for i in order])  # (B, T) each
         feed = {"input_ids": input_ids.numpy(), "attention_mask": mask.numpy()}
-        return self.session.run(None, feed)[0].tolist()
+        sorted_out = self.session.run(None, feed)[0].tolist()  # (B,)
+        raw = [0.0] * len(ids)
+        for position, index in enumerate(order):
+            raw[index] = sorted_out[position]
+        return raw

@@ -2,8 +2,9 @@
 
 Such a model passes the warm-up (the canary inputs never hold that token), then fails in service for
 the requests that do. Only those requests fail, with a 5xx that says why; the others in the same micro-
-batch get their rewards, the worker keeps serving, and /readyz is 503 while every batch fails and 200
-again as soon as one succeeds.
+batch get their rewards, the worker keeps serving, and /readyz stays 200: the canary still scores, so
+a client cannot take the replica out of its load balancer (a model that fails its canary too is tested
+in test_isolation.py).
 """
 
 from __future__ import annotations
@@ -71,14 +72,10 @@ def test_a_whole_failing_batch_fails_its_request_and_the_worker_keeps_serving(po
     assert score(poisoned_server.url, "how do I boil an egg", "put it in boiling water").status_code == 200
 
 
-def test_readyz_is_unready_while_all_batches_fail_and_ready_again_after_one_succeeds(poisoned_server) -> None:
+def test_inputs_that_make_the_model_fail_never_turn_readiness_off(poisoned_server) -> None:
+    """The canary still scores, so the failures are the inputs' (a client's), not the model's."""
     url = poisoned_server.url
-    assert httpx.get(f"{url}/readyz").status_code == 200
-    for _ in range(UNREADY_AFTER):
+    for _ in range(UNREADY_AFTER + 2):
         assert score(url, "hi", POISON_TEXT).status_code == 500
-    unready = httpx.get(f"{url}/readyz")
-    assert unready.status_code == 503
-    assert unready.json()["error"]["type"] == "not_ready"
-    assert "Retry-After" in unready.headers
-    assert score(url, "how do I boil an egg", "put it in boiling water").status_code == 200
     assert httpx.get(f"{url}/readyz").status_code == 200
+    assert score(url, "how do I boil an egg", "put it in boiling water").status_code == 200

@@ -271,3 +271,63 @@ def test_batch_policy_refuses_useless_values() -> None:
         BatchPolicy(max_batch_size=0)
     with pytest.raises(ValueError):
         BatchPolicy(max_wait_s=-1)
+
+
+def test_a_batch_that_raises_is_split_until_only_the_items_at_fault_fail() -> None:
+    calls: list[list[str]] = []
+
+    def run_batch(payloads: list) -> list:
+        calls.append(list(payloads))
+        if "poison" in payloads:
+            raise ValueError("boom")
+        return [p.upper() for p in payloads]
+
+    async def scenario(batcher: MicroBatcher) -> list:
+        payloads = ["a", "b", "c", "poison", "d", "e", "f", "g"]
+        futures = batcher.submit(payloads, [1] * len(payloads), group="v1")  # one batch of 8
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    results = asyncio.run(with_batcher(run_batch, scenario, max_batch_size=8))
+    assert results[:3] + results[4:] == ["A", "B", "C", "D", "E", "F", "G"]
+    assert isinstance(results[3], InferenceError) and "boom" in results[3].message
+    assert calls[0] == ["a", "b", "c", "poison", "d", "e", "f", "g"]  # they shared one batch first
+    assert ["poison"] in calls and len(calls) <= 1 + 2 * 3  # halves, down to the item alone
+
+
+def test_a_lone_request_is_computed_at_once_without_waiting_for_companions() -> None:
+    async def scenario(batcher: MicroBatcher) -> list:
+        return await asyncio.wait_for(batcher.run([1], [1], group="v1"), timeout=30)  # max_wait_s is 10 min
+
+    assert asyncio.run(with_batcher(RecordingRunner(), scenario, max_wait_s=600)) == [2]
+
+
+def test_the_worker_waits_for_announced_requests_and_takes_them_in_the_same_batch() -> None:
+    runner = RecordingRunner()
+
+    async def scenario(batcher: MicroBatcher) -> None:
+        with batcher.incoming():  # another request is being tokenized
+            first = asyncio.create_task(batcher.run([1], [1], group="v1"))
+            await asyncio.sleep(0.05)
+            assert not first.done()  # waits for the announced one (max_wait_s is 10 min)
+            second = asyncio.create_task(batcher.run([2], [1], group="v1"))
+            await asyncio.sleep(0)
+        assert await asyncio.wait_for(asyncio.gather(first, second), timeout=30) == [[2], [4]]
+
+    asyncio.run(with_batcher(runner, scenario, max_wait_s=600))
+    assert runner.batches == [[1, 2]]
+
+
+def test_the_queue_bound_counts_tokens_and_refuses_a_request_whole() -> None:
+    runner = RecordingRunner(gate=threading.Event())
+
+    async def scenario(batcher: MicroBatcher) -> None:
+        first = asyncio.create_task(batcher.run([0], [1], group="v1"))  # occupies the worker
+        await wait_entered(runner)
+        queued = batcher.submit([1, 2], [40, 40], group="v1")
+        with pytest.raises(Overloaded, match="tokens pending"):
+            batcher.submit([3], [30], group="v1")  # 80 + 30 > 100 tokens, though only 3 items
+        assert batcher.queue_depth == 2
+        runner.gate.set()
+        assert await asyncio.gather(first, *queued) == [[0], 2, 4]
+
+    asyncio.run(with_batcher(runner, scenario, max_queue_tokens=100))

@@ -26,16 +26,17 @@ def bench():
 
 
 def test_server_like_batches_cut_each_pool_within_the_cpu_token_budget(bench) -> None:
-    pairs = [{"prompt": "p" * (37 * i % 500 + 1), "response": "r" * (53 * i % 300 + 1)} for i in range(100)]
+    pairs = [{"prompt": "p", "response": "r", "n": i} for i in range(100)]
+    tokens = [(37 * i) % 126 + 3 for i in range(100)]  # exact lengths, as the backend encodes them
     pool = 16
-    batches = bench.server_like_batches(pairs, pool, max_len=128, seed=3)
+    batches = bench.server_like_batches(pairs, tokens, pool, seed=3)
     flat = [id(p) for batch in batches for p in batch]
     assert sorted(flat) == sorted(map(id, pairs))  # every pair exactly once
-    shuffled = bench.random.Random(3).sample(pairs, len(pairs))
-    pool_of = {id(p): index // pool for index, p in enumerate(shuffled)}
+    shuffled = bench.random.Random(3).sample(range(len(pairs)), len(pairs))
+    pool_of = {id(pairs[i]): index // pool for index, i in enumerate(shuffled)}
     for batch in batches:
         assert len({pool_of[id(p)] for p in batch}) == 1  # a batch never reaches beyond its pool
-        lengths = [min(128, (len(p["prompt"]) + len(p["response"])) // 4 + 3) for p in batch]
+        lengths = [tokens[p["n"]] for p in batch]
         assert len(batch) == 1 or len(batch) * max(lengths) <= AUTO_BATCH_TOKENS["cpu"]
         assert lengths == sorted(lengths)  # length-sorted, as the server sorts
     assert len(batches) > len(pairs) // pool  # the token budget cut some pools more than once

@@ -13,10 +13,9 @@ from app.backends.choice import (
     ExecutionPath,
     canary_ids,
     candidate_names,
-    choose_execution,
     fastest,
     measure_and_choose,
-    torch_path,
+    native_path,
 )
 from app.errors import CheckpointError
 from tests.conftest import tiny_model, tiny_tokenizer
@@ -24,31 +23,26 @@ from tests.conftest import tiny_model, tiny_tokenizer
 STD = 0.5  # the tiny version's reward_std in these tests
 
 
-def reference() -> ExecutionPath:
-    return torch_path("float32", tiny_model())
+def reference(name: str = "float32") -> ExecutionPath:
+    return native_path(name, tiny_model(), tiny_tokenizer())
 
 
 def shifted(name: str, offset: float) -> ExecutionPath:
     """The real float32 path with every reward moved by `offset`."""
-    base = reference().run
-    return ExecutionPath(name, lambda ids, mask: [x + offset for x in base(ids, mask)], "float32")
+    base = reference().forward
+    return ExecutionPath(name, lambda ids: [x + offset for x in base(ids)], "float32")
 
 
 def batch_dependent(name: str) -> ExecutionPath:
     """Rewards that move with the batch's size, as per-batch activation scales make them."""
-    base = reference().run
-    return ExecutionPath(name, lambda ids, mask: [x + 0.1 * STD * len(ids) for x in base(ids, mask)], "int8")
+    base = reference().forward
+    return ExecutionPath(name, lambda ids: [x + 0.1 * STD * len(ids) for x in base(ids)], "int8")
 
 
-def swapping(name: str) -> ExecutionPath:
-    """Rewards within the deviation bound whose every canary preference is reversed."""
-    base = reference().run
-
-    def run(ids: torch.Tensor, mask: torch.Tensor) -> list[float]:
-        out = base(ids, mask)
-        return [-x for x in out]
-
-    return ExecutionPath(name, run, "float32")
+def negated(name: str) -> ExecutionPath:
+    """The float32 rewards negated: every clear canary preference reversed."""
+    base = reference().forward
+    return ExecutionPath(name, lambda ids: [-x for x in base(ids)], "float32")
 
 
 def choose(builders: dict, setting: str = "auto"):
@@ -56,7 +50,7 @@ def choose(builders: dict, setting: str = "auto"):
 
 
 def test_auto_records_every_candidate_with_its_figures_and_serves_an_accepted_one() -> None:
-    execution = choose({"bfloat16": lambda: torch_path("bfloat16", tiny_model().to(torch.bfloat16))})
+    execution = choose({"bfloat16": lambda: reference("bfloat16")})
     report = execution.report()
     assert report["setting"] == "auto" and report["path"] in ("float32", "bfloat16")
     assert [c["path"] for c in report["candidates"]] == ["float32", "bfloat16"]
@@ -82,7 +76,7 @@ def test_a_path_that_moves_rewards_past_the_guard_is_refused_however_fast() -> N
 
 
 def test_a_path_that_reverses_clear_preferences_or_depends_on_the_batch_is_refused() -> None:
-    execution = choose({"swapped": lambda: swapping("swapped"), "batchy": lambda: batch_dependent("batchy")})
+    execution = choose({"swapped": lambda: negated("swapped"), "batchy": lambda: batch_dependent("batchy")})
     reports = {c.path: c for c in execution.candidates}
     assert not reports["swapped"].accepted and reports["swapped"].flipped > 0
     assert not reports["batchy"].accepted and "batching" in reports["batchy"].reason
@@ -132,12 +126,10 @@ def test_candidates_follow_the_settings() -> None:
         candidate_names("auto", "onnx", cuda, onnx_installed=True)
 
 
-def test_a_forced_torch_dtype_is_used_as_set_without_a_canary_run(tmp_path) -> None:
-    model = tiny_model()
-    execution = choose_execution(model, tiny_tokenizer(), {}, STD, ("bfloat16",), tmp_path)
-    assert (execution.path.name, execution.setting, execution.candidates) == ("bfloat16", "bfloat16", [])
-    assert execution.path.model is model and next(model.encoder.parameters()).dtype == torch.bfloat16
-    assert next(model.head.parameters()).dtype == torch.float32  # the head keeps float32 rewards
+def test_measured_bfloat16_keeps_the_reward_head_in_float32() -> None:
+    path = reference("bfloat16")
+    assert next(path.model.encoder.parameters()).dtype == torch.bfloat16
+    assert next(path.model.head.parameters()).dtype == torch.float32  # rewards not rounded to bf16
 
 
 def test_forward_keeps_input_order_whatever_the_lengths() -> None:

@@ -11,13 +11,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from app.backends.choice import (  # noqa: E402
-    Candidates,
-    Execution,
-    ExecutionPath,
-    measure_and_choose,
-    torch_path,
-)
+from app.backends.choice import Candidates, measure_and_choose, native_path  # noqa: E402
 from app.backends.onnx import OnnxRunner, cached_graph, export_key  # noqa: E402
 from tests.conftest import sample_texts, tiny_model, tiny_tokenizer  # noqa: E402
 
@@ -33,9 +27,8 @@ def graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_graph_scores_any_batch_and_length_as_torch_float32(graph: Path, batch: int) -> None:
     tokenizer = tiny_tokenizer()
     ids = tokenizer.encode_pairs(sample_texts(batch, seed=batch), sample_texts(batch, seed=batch + 50))
-    torch_rewards = Execution(torch_path("float32", tiny_model()), tokenizer.pad, "test").forward(ids)
-    onnx_path = ExecutionPath("onnx", OnnxRunner(graph, threads=1), "float32")
-    onnx_rewards = Execution(onnx_path, tokenizer.pad, "test").forward(ids)
+    torch_rewards = native_path("float32", tiny_model(), tokenizer).forward(ids)
+    onnx_rewards = OnnxRunner(graph, tokenizer, threads=1).forward(ids)
     assert len({len(i) for i in ids}) > 1 or batch == 1  # padded rows: the mask must hide the padding
     assert onnx_rewards == pytest.approx(torch_rewards, abs=1e-4)
 
@@ -46,7 +39,8 @@ def test_a_cached_graph_is_reused_and_a_damaged_one_exported_again(graph: Path) 
     assert graph.stat().st_mtime_ns == stamp  # reused, not exported again
     graph.write_bytes(graph.read_bytes()[:-10])  # a torn or altered file
     assert cached_graph(tiny_model(), MANIFEST, graph.parents[1], quantized=False) == graph
-    assert graph.stat().st_mtime_ns != stamp and OnnxRunner(graph, threads=1).session is not None
+    assert graph.stat().st_mtime_ns != stamp
+    assert OnnxRunner(graph, tiny_tokenizer(), threads=1).session is not None  # a valid graph again
 
 
 def test_the_cache_key_changes_with_the_weights_and_the_variant() -> None:
@@ -60,7 +54,7 @@ def test_the_cache_key_changes_with_the_weights_and_the_variant() -> None:
 
 
 def test_the_onnx_candidate_passes_the_guard_against_torch(tmp_path: Path) -> None:
-    candidates = Candidates(tiny_model(), MANIFEST, tmp_path)
+    candidates = Candidates(tiny_model(), tiny_tokenizer(), MANIFEST, tmp_path)
     execution = measure_and_choose(
         candidates.build("float32"), {"onnx": lambda: candidates.build("onnx")}, tiny_tokenizer(), 0.5
     )
