@@ -50,16 +50,19 @@ sys.path.insert(0, str(REPO))
 from app.batcher import BatchPolicy, WorkItem, cut_batches  # noqa: E402
 from app.main import AUTO_BATCH_TOKENS  # noqa: E402
 from app.registry import (  # noqa: E402
+    ModelRegistry,
     configure_torch_threads,
     forward_raw,
-    prepare_for_serving,
     resolve_device,
     resolve_dtype,
 )
 from app.schemas import ScoreRequest  # noqa: E402
-from app.store import LoadedVersion, load_version, read_current, version_dir  # noqa: E402
+from app.store import LoadedVersion, read_current  # noqa: E402
 
 DEFAULT_DATA = REPO / "data" / "hh_harmless_sample.jsonl"
+# input mixes: data file and the fewest characters of prompt + response a pair must have (long answers
+# of AlpacaEval fill the default model's 128 tokens: ~4 characters per token)
+MIXES = {"hh": (DEFAULT_DATA, 0), "long": (REPO / "data" / "alpaca_eval_sample.jsonl", 700)}
 
 
 @dataclass
@@ -84,17 +87,16 @@ def opener_of(path: Path) -> Callable:
     return gzip.open if path.suffix == ".gz" else open
 
 
-def load_pairs(path: Path | None, count: int, seed: int) -> list[dict]:
-    """Real (prompt, response) pairs when the data file exists, else deterministic synthetic ones."""
+def load_pairs(path: Path | None, count: int, seed: int, min_chars: int = 0) -> list[dict]:
+    """Real (prompt, response) pairs when the data file exists (at least `min_chars` characters
+    together), else deterministic synthetic ones."""
     rng = random.Random(seed)
     if path is not None and path.is_file():
         with opener_of(path)(path, "rt") as f:
             records = [json.loads(line) for line in f if line.strip()]
         rng.shuffle(records)
-        return [
-            {"prompt": r["prompt"], "response": r[rng.choice(("chosen", "rejected"))]}
-            for r in records[:count]
-        ]
+        pairs = [{"prompt": r["prompt"], "response": r[rng.choice(("chosen", "rejected"))]} for r in records]
+        return [p for p in pairs if len(p["prompt"]) + len(p["response"]) >= min_chars][:count]
     words = str.split("the reward model scores helpful honest answers about water eggs code travel and music")
     return [
         {
@@ -310,32 +312,32 @@ def server_command(store: Path) -> list[str]:
     ]
 
 
-def naive_command(store: Path, threads: int, dtype: str) -> list[str]:
+def naive_command(store: Path, threads: int, dtype: str, path: str) -> list[str]:
     return [
         sys.executable, __file__, "--serve-naive", "--model-store", str(store), "--threads", str(threads),
-        "--dtype", dtype,
+        "--dtype", dtype, "--path", path,
     ]  # fmt: skip
 
 
-def load_live(store: Path, dtype: str) -> LoadedVersion:
-    """The store's CURRENT version on the server's device (CUDA when present) in `dtype`, resolved as
-    the server resolves them."""
-    version = read_current(store)
-    if version is None:
+def load_live(store: Path, dtype: str, path: str = "auto") -> LoadedVersion:
+    """The store's CURRENT version as the server loads it: on its device, in `dtype`, on the execution
+    path `path` (auto: measured on this machine among the candidates, as REWARD_DTYPE=auto does)."""
+    if read_current(store) is None:
         raise SystemExit(f"{store}: no CURRENT version to benchmark")
-    device = resolve_device("auto")
-    loaded = load_version(version_dir(store, version), device=device)
-    prepare_for_serving(loaded, resolve_dtype(dtype, device))
-    return loaded
+    registry = ModelRegistry(store, "auto", dtype, path)
+    try:
+        return registry.load()
+    finally:
+        registry.close()
 
 
-def serve_naive(store: Path, port: int, threads: int, dtype: str) -> None:
+def serve_naive(store: Path, port: int, threads: int, dtype: str, path: str) -> None:
     """A naive server: one request, one forward pass, no queue, no batching."""
     import uvicorn
     from fastapi import FastAPI
 
     torch.set_num_threads(threads)
-    version = load_live(store, dtype)
+    version = load_live(store, dtype, path)
     app = FastAPI()
 
     @app.get("/readyz")
@@ -466,7 +468,7 @@ def compare_with_float32(store: Path, data: Path, dtype: str, count: int, seed: 
             x for s in spans for x in forward_raw(version, prompts[s : s + batch], responses[s : s + batch])
         ]
 
-    reference = rewards(load_live(store, "float32"), 16)
+    reference = rewards(load_live(store, "float32", "torch"), 16)
     candidate = load_live(store, dtype)
     batched, alone = rewards(candidate, 16), rewards(candidate, 1)
     diffs = sorted(abs(a - b) for a, b in zip(batched, reference, strict=True))
@@ -549,6 +551,7 @@ def benchmark_started_servers(args: argparse.Namespace, pairs: list[dict]) -> li
     env = {
         "REWARD_TORCH_THREADS": str(args.threads),
         "REWARD_DTYPE": args.dtype,
+        "REWARD_EXECUTION_PATH": args.path,
         "REWARD_QUEUE_SIZE": "100000",
         "REWARD_MAX_QUEUE_WAIT_S": "0",  # measure throughput, not admission control
         "REWARD_RELOAD_INTERVAL": "0",
@@ -561,13 +564,16 @@ def benchmark_started_servers(args: argparse.Namespace, pairs: list[dict]) -> li
                 results += run_matrix(name, url, pid, args, pairs)
     if "naive" in args.servers:
         naive_env = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}  # as the service sets it, for a fair RSS
-        with serving(naive_command(args.model_store, args.threads, args.dtype), naive_env) as (url, pid):
+        command = naive_command(args.model_store, args.threads, args.dtype, args.path)
+        with serving(command, naive_env) as (url, pid):
             results += run_matrix("naive", url, pid, args, pairs)
     return results
 
 
-def markdown(results: list[Result], ceiling: dict | None) -> str:
+def markdown(results: list[Result], ceiling: dict | None, facts: dict) -> str:
     lines = [
+        f"CPU: {facts['cpu']} ({facts['cpus']} cores), {facts['torch_threads']} torch threads, "
+        f"path {facts.get('execution', facts['dtype'])}, inputs {facts['data']}\n",
         "| server | endpoint | clients | req/s | items/s | p50 ms | p90 ms | p99 ms | errors | RSS MiB "
         "| loop ms/req | busy | batch | of ceiling |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -650,6 +656,7 @@ def machine_facts(args: argparse.Namespace, version: LoadedVersion | None, pair_
     }  # fmt: skip
     if version is not None:
         facts["model"] = {"version": version.version, "parameters": version.model.num_parameters()}
+        facts["execution"] = version.execution.path.name if version.execution else facts["dtype"]
     return facts
 
 
@@ -660,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store", help="CURRENT is served")
     parser.add_argument("--url", help="benchmark this running server instead of starting servers")
     parser.add_argument(
-        "--servers", nargs="+", default=["batched", "unbatched"], choices=["batched", "unbatched", "naive"]
+        "--servers", nargs="*", default=["batched", "unbatched"], choices=["batched", "unbatched", "naive"]
     )
     parser.add_argument("--naive", action="store_true", help="also benchmark the naive server")
     parser.add_argument(
@@ -676,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time batches cut as the server cuts them from this many pending items",
     )  # fmt: skip
     parser.add_argument(
-        "--data", type=Path, default=DEFAULT_DATA, help="JSONL(.gz) with prompt/chosen/rejected"
+        "--data", type=Path, help="JSONL(.gz) with prompt/chosen/rejected (default: the --mix's file)"
     )
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="torch threads of every server"
@@ -684,6 +691,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="every server's"
     )
+    parser.add_argument(
+        "--path", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"],
+        help="every server's REWARD_EXECUTION_PATH (auto with --dtype auto: measured at load)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mix", default="hh", choices=sorted(MIXES),
+        help="inputs: hh (the HH sample, 80 tokens on average) or long (AlpacaEval answers filling max_len)",
+    )  # fmt: skip
     parser.add_argument(
         "--no-ceiling", dest="ceiling", action="store_false", help="skip the in-process ceiling"
     )
@@ -711,8 +726,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    data, min_chars = MIXES[args.mix]
+    args.data = args.data or data
     if args.serve_naive:
-        serve_naive(args.model_store, args.port, args.threads, args.dtype)
+        serve_naive(args.model_store, args.port, args.threads, args.dtype, args.path)
         return
     if args.compare_dtype:
         configure_torch_threads(args.threads)
@@ -721,11 +738,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.naive and "naive" not in args.servers:
         args.servers.append("naive")
-    pairs = load_pairs(args.data, args.pairs, args.seed)
+    pairs = load_pairs(args.data, args.pairs, args.seed, min_chars)
     ceiling, version = None, None
     if not args.url:
         configure_torch_threads(args.threads)
-        version = load_live(args.model_store, args.dtype)
+        version = load_live(args.model_store, args.dtype, args.path)
         if args.ceiling:
             ceiling = in_process_ceiling(
                 version, pairs, args.ceiling_batch_sizes, args.ceiling_pools, args.seed, args.python_load,
@@ -738,7 +755,7 @@ def main(argv: list[str] | None = None) -> None:
         results = run_matrix(args.url, args.url, None, args, pairs)
     else:
         results = benchmark_started_servers(args, pairs)
-    print(markdown(results, ceiling))
+    print(markdown(results, ceiling, facts))
     if args.json:
         report = {"machine": facts, "ceiling": ceiling, "results": [asdict(r) for r in results]}
         args.json.write_text(json.dumps(report, indent=2))
