@@ -132,10 +132,26 @@ def native_path(name: str, model: RewardModel, tokenizer: PairTokenizer) -> Exec
 class MeasuredBackend:
     """A version's backend with its forward on the measured path; encoding stays the backend's own."""
 
+    kind = NativeBackend.kind
+
     def __init__(self, backend: NativeBackend, execution: Execution):
-        self.kind, self.max_len, self.encode = backend.kind, backend.max_len, backend.encode
         self.model = execution.path.model or backend.model  # the torch module, when a torch path serves
-        self.forward = execution.forward
+        # a new native backend over the serving model: the float32 one is not kept alive by `encode`
+        self.native = NativeBackend(self.model, backend.tokenizer)
+        self.execution = execution
+        self.max_len = self.native.max_len
+
+    def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
+        return self.native.encode(prompts, responses)
+
+    def forward(self, ids: Sequence[Sequence[int]]) -> list[float]:
+        return self.execution.forward(ids)
+
+    def prepare(self, dtype: torch.dtype) -> None:
+        """Nothing left to do: the backend was prepared in float32 before the measurement, and the
+        measurement chose the precision; a different one needs a new load."""
+        if dtype != torch.float32:
+            raise CheckpointError(f"measured path {self.execution.path.name} cannot be re-cast to {dtype}")
 
 
 @dataclass

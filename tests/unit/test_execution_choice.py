@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from app.backends import RewardBackend
 from app.backends.choice import (
     GUARD_STD,
     SPEED_MARGIN,
@@ -18,6 +19,7 @@ from app.backends.choice import (
     native_path,
 )
 from app.errors import CheckpointError
+from app.registry import ModelRegistry
 from tests.conftest import tiny_model, tiny_tokenizer
 
 STD = 0.5  # the tiny version's reward_std in these tests
@@ -137,3 +139,19 @@ def test_forward_keeps_input_order_whatever_the_lengths() -> None:
     ids, _ = canary_ids(tiny_tokenizer())
     shuffled = ids[::-1]
     assert execution.forward(shuffled) == pytest.approx(execution.forward(ids)[::-1], abs=1e-5)
+
+
+def test_a_registry_load_with_auto_serves_the_measured_path_through_the_backend(tiny_model_store, tmp_path):
+    registry = ModelRegistry(tiny_model_store, "cpu", "auto", "torch", onnx_cache=tmp_path)
+    try:
+        version = registry.load()
+    finally:
+        registry.close()
+    assert version.execution is not None and version.execution.setting == "auto"
+    assert isinstance(version.backend, RewardBackend)
+    assert registry.execution_report(version)["path"] == version.execution.path.name
+    reference = native_path("float32", tiny_model(), tiny_tokenizer())
+    assert version.backend.encode(["Hi"], ["Hello"]) == tiny_tokenizer().encode_pairs(["Hi"], ["Hello"])
+    ids, _ = canary_ids(tiny_tokenizer())  # where the guard holds the served path to float32
+    served = version.backend.forward(ids)
+    assert served == pytest.approx(reference.forward(ids), abs=GUARD_STD * version.calibration[1])
