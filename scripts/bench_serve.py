@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.batcher import BatchPolicy, WorkItem, cut_batches  # noqa: E402
+from app.errors import CheckpointError  # noqa: E402
 from app.main import AUTO_BATCH_TOKENS  # noqa: E402
 from app.registry import (  # noqa: E402
     ModelRegistry,
@@ -488,6 +489,41 @@ def compare_with_float32(store: Path, data: Path, dtype: str, count: int, seed: 
     }
 
 
+# execution paths of --compare-paths: (REWARD_DTYPE, REWARD_EXECUTION_PATH) forcing each one
+FORCED_PATHS = {
+    "float32": ("float32", "torch"), "bfloat16": ("bfloat16", "torch"), "onnx": ("auto", "onnx"),
+    "onnx-int8": ("auto", "onnx-int8"),
+}  # fmt: skip
+
+
+def compare_paths(store: Path, pairs: list[dict], batch_sizes: list[int], rounds: int) -> dict:
+    """Items/s of every execution path, loaded as the server loads it, on `pairs` in batches of each
+    size (sorted by characters): all paths timed in turn `rounds` times (medians), so that a slow spell of a
+    shared machine falls on all of them; with the largest deviation from float32 on these inputs."""
+    loaded, refused = {}, {}
+    for name, (dtype, path) in FORCED_PATHS.items():
+        try:
+            loaded[name] = load_live(store, dtype, path)
+        except CheckpointError as exc:  # a forced path that fails the accuracy guard
+            refused[name] = str(exc)
+    pairs = sorted(pairs, key=lambda p: len(p["prompt"]) + len(p["response"]))
+    prompts, responses = [p["prompt"] for p in pairs], [p["response"] for p in pairs]
+    reference = forward_raw(loaded["float32"], prompts, responses)
+    std = loaded["float32"].calibration[1]
+    figures = {name: {"max_deviation_std": max(
+        abs(a - b) for a, b in zip(forward_raw(v, prompts, responses), reference, strict=True)) / std}
+        for name, v in loaded.items()}  # fmt: skip
+    for size in batch_sizes:
+        batches = [pairs[s : s + size] for s in range(0, len(pairs), size)]
+        rates: dict[str, list[float]] = {name: [] for name in loaded}
+        for _ in range(rounds):
+            for name, version in loaded.items():
+                rates[name].append(best_rate(version, batches, passes=1))
+        for name, values in rates.items():
+            figures[name][f"items_per_s_batch_{size}"] = statistics.median(values)
+    return {"paths": figures, "refused": refused, "rounds": rounds}
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -640,15 +676,19 @@ def plot(results: list[Result], ceiling: dict | None, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def machine_facts(args: argparse.Namespace, version: LoadedVersion | None, pair_count: int) -> dict:
-    cpu = platform.processor()
+def cpu_model() -> str:
+    """The CPU's model name as lscpu shows it."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def machine_facts(args: argparse.Namespace, version: LoadedVersion | None, pair_count: int) -> dict:
     facts = {
-        "platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "torch": torch.__version__,
+        "platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
+        "torch": torch.__version__,
         "torch_threads": args.threads, "device": str(resolve_device("auto")),
         "dtype": str(resolve_dtype(args.dtype, resolve_device("auto"))),
         "duration_s": args.duration, "pairs": pair_count,
@@ -719,6 +759,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="only compare --dtype with float32 on N preference pairs of --data, print JSON and exit",
     )
+    parser.add_argument(
+        "--compare-paths", metavar="ROUNDS", type=int,
+        help="only time every execution path in process on --mix (--ceiling-batch-sizes); JSON, exit",
+    )  # fmt: skip
     parser.add_argument("--serve-naive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     return parser
@@ -730,6 +774,12 @@ def main(argv: list[str] | None = None) -> None:
     args.data = args.data or data
     if args.serve_naive:
         serve_naive(args.model_store, args.port, args.threads, args.dtype, args.path)
+        return
+    if args.compare_paths:
+        configure_torch_threads(args.threads)
+        pairs = load_pairs(args.data, args.pairs, args.seed, min_chars)
+        report = compare_paths(args.model_store, pairs, args.ceiling_batch_sizes, args.compare_paths)
+        print(json.dumps({"cpu": cpu_model(), "mix": args.mix, **report}, indent=2))
         return
     if args.compare_dtype:
         configure_torch_threads(args.threads)
