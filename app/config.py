@@ -61,9 +61,14 @@ class Settings(BaseSettings):
     # --- model ---
     model_store: Path = Path("model_store")  # directory of published versions with a CURRENT pointer
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available, else cpu
-    # auto = bfloat16 on cuda (float16 where bf16 is unsupported) and on a CPU with native bf16
-    # (AVX512-BF16/AMX), else float32; float16 only on cuda; float32 on cuda computes matmuls in TF32
+    # auto = on cpu, measured at each load among the execution paths (docs/benchmarks.md); on cuda
+    # bfloat16 (float16 where bf16 is unsupported); float32/bfloat16 force that torch precision (float32
+    # on cuda computes matmuls in TF32); float16 only on cuda
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # auto = every path (torch float32/bfloat16, ONNX Runtime float32/int8 with the [onnx] extra) when
+    # dtype is auto; torch = torch only; onnx / onnx-int8 force ONNX Runtime (cpu, still checked vs float32)
+    execution_path: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
+    onnx_cache: Path | None = None  # where exported ONNX graphs are kept; None = <model_store>/.cache
     # memory a version may need to load (its weights file plus the float32 model); larger ones are refused
     # before anything is allocated, as are ones needing more than the memory available
     max_model_bytes: int = Field(8 * 1024**3, ge=1)
@@ -134,7 +139,7 @@ class Settings(BaseSettings):
             return tuple(word.strip().lower() for word in value.split(",") if word.strip())
         return value
 
-    @field_validator("stats_path", mode="before")
+    @field_validator("stats_path", "onnx_cache", mode="before")
     @classmethod
     def empty_path_disables(cls, value: object) -> object:
         return None if value in ("", "none", "None") else value
@@ -152,6 +157,9 @@ class Settings(BaseSettings):
             raise ValueError(f"max_words ({self.max_words}) must exceed min_words ({self.min_words})")
         if self.device == "cpu" and self.dtype == "float16":
             raise ValueError("dtype float16 needs device cuda; on cpu use bfloat16 or float32")
+        onnx_misfit = self.device == "cuda" or self.dtype not in ("auto", "float32")
+        if self.execution_path.startswith("onnx") and onnx_misfit:
+            raise ValueError("execution_path onnx runs float32 graphs on the cpu: use dtype auto or float32")
         if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 16:
             raise ValueError("admin_token must be at least 16 characters (use a random secret)")
         return self

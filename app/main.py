@@ -126,7 +126,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     configure_torch_threads(settings.torch_threads)
     metrics: ServiceMetrics = app.state.metrics
-    registry = ModelRegistry(settings.model_store, settings.device, settings.dtype, settings.max_model_bytes)
+    registry = ModelRegistry(
+        settings.model_store, settings.device, settings.dtype, settings.execution_path, settings.onnx_cache,
+        settings.max_model_bytes,
+    )  # fmt: skip
     health = ModelHealth()
     batcher = MicroBatcher(
         BatchScorer(health),

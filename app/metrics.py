@@ -124,6 +124,15 @@ class ServiceMetrics:
     def _define_model(self) -> None:
         r = self.registry
         self.model_info = Info("reward_model", "The model version serving requests.", registry=r)
+        self.execution_path = Gauge(
+            "reward_execution_path_info", "1 for the execution path running the live version's forward.",
+            ["path"], registry=r,
+        )  # fmt: skip
+        self.execution_items = Gauge(
+            "reward_execution_candidate_items_per_second",
+            "Canary items/s of each execution path timed at the live version's load (absent: not timed).",
+            ["path"], registry=r,
+        )  # fmt: skip
         self.model_load = Histogram(
             "reward_model_load_seconds", "Time to verify, load and warm up a model version.",
             buckets=LOAD_BUCKETS, registry=r,
@@ -186,9 +195,15 @@ class ServiceMetrics:
         """Read the depth at scrape time, so the gauge is never stale."""
         self.queue_depth.set_function(depth)
 
-    def model_loaded(self, version: str, load_seconds: float | None) -> None:
-        """A version went live (at start-up, by reload or by rollback)."""
+    def model_loaded(self, version: str, load_seconds: float | None, execution: dict) -> None:
+        """A version went live (at start-up, by reload or by rollback); `execution` as in /v1/model."""
         self.model_info.info({"version": version})
+        self.execution_path.clear()
+        self.execution_path.labels(execution["path"]).set(1)
+        self.execution_items.clear()
+        for candidate in execution["candidates"]:
+            if candidate["items_per_s"] is not None:
+                self.execution_items.labels(candidate["path"]).set(candidate["items_per_s"])
         if load_seconds is not None:
             self.model_load.observe(load_seconds)
 

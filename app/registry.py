@@ -17,6 +17,8 @@ from typing import TypeVar
 
 import torch
 
+from app.backends.choice import ONNX_PATHS, MeasuredBackend, candidate_names, measure_execution
+from app.backends.onnx import onnx_available
 from app.errors import CheckpointError
 from app.store import (
     DEFAULT_MAX_MODEL_BYTES,
@@ -49,22 +51,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); emulated bf16 is slower."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto -> bfloat16 on a CUDA device that supports it (float16 on older ones) and on a CPU with native
-    bf16, float32 elsewhere (see docs/benchmarks.md for why); float16 only on CUDA."""
+    """auto -> on a CPU float32, the reference (app.backends.choice then measures the alternatives at each
+    load); on a CUDA device bfloat16 where supported (float16 on older ones); float16 only on CUDA."""
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        return torch.float32
     if name == "float16" and device.type != "cuda":
         raise CheckpointError(f"REWARD_DTYPE=float16 needs a CUDA device; on {device.type} use float32")
-    return DTYPES[name]
+    return torch.float32 if name == "auto" else DTYPES[name]
 
 
 def enable_tf32(device: torch.device) -> None:
@@ -108,7 +104,7 @@ def warm_up(version: LoadedVersion, dtype: torch.dtype) -> None:
         raise CheckpointError(f"version {version.version}: non-finite rewards on canary inputs: {together}")
     drift = max(abs(a - b) for a, b in zip(together, alone, strict=True))
     # a few units in the last place of the compute dtype (bf16: 2^-7) are rounding, not a batching bug
-    eps = torch.finfo(dtype).eps
+    eps = version.execution.path.eps if version.execution else torch.finfo(dtype).eps
     if drift > max(1e-3, 4 * eps) * max(1.0, max(abs(x) for x in alone)):
         raise CheckpointError(f"version {version.version}: rewards change with batching (by {drift:.3g})")
 
@@ -122,6 +118,8 @@ class ModelRegistry:
         store: Path,
         device: str = "auto",
         dtype: str = "auto",
+        execution_path: str = "auto",
+        onnx_cache: Path | None = None,
         max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
     ):
         self.store = Path(store)
@@ -129,6 +127,8 @@ class ModelRegistry:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         enable_tf32(self.device)
+        self.paths = candidate_names(dtype, execution_path, self.device, onnx_available())
+        self.onnx_cache = onnx_cache or self.store / ".cache"
         self.current: LoadedVersion | None = None
         self.previous: LoadedVersion | None = None
         self.last_error: str | None = None
@@ -164,6 +164,8 @@ class ModelRegistry:
         started = time.perf_counter()
         loaded = load_version(version_dir(self.store, name), "cpu", self.max_model_bytes, manifest)
         prepare_for_serving(loaded, self.dtype, self.device)
+        if loaded.backend.kind == "native" and (len(self.paths) > 1 or self.paths[0] in ONNX_PATHS):
+            self.measure_execution(loaded)
         warm_up(loaded, loaded.backend.dtype)
         self.last_load_seconds = time.perf_counter() - started
         return loaded
@@ -175,13 +177,33 @@ class ModelRegistry:
         manifest = await asyncio.to_thread(verify_version, version_dir(self.store, name))
         return await self.run_compute(self.load, name, manifest)
 
+    def measure_execution(self, loaded: LoadedVersion) -> None:
+        """Serve `loaded` on the fastest of this machine's execution paths that keeps float32's rewards."""
+        loaded.execution = measure_execution(
+            loaded.backend,
+            loaded.manifest,
+            loaded.calibration[1],
+            self.paths,
+            self.onnx_cache / loaded.version,
+        )
+        loaded.backend = MeasuredBackend(loaded.backend, loaded.execution)
+        loaded.model = loaded.backend.model  # the float32 copy goes when a bfloat16 copy serves
+
+    def execution_report(self, version: LoadedVersion) -> dict:
+        """The `execution` of /v1/model: the measured choice, or the torch precision a setting forced."""
+        if version.execution is not None:
+            return version.execution.report()
+        dtype = str(self.dtype).removeprefix("torch.")
+        return {"path": dtype, "dtype": dtype, "setting": dtype, "seconds": 0.0, "candidates": []}
+
     def activate(self, loaded: LoadedVersion) -> LoadedVersion | None:
         """Make `loaded` the live version (one reference swap); returns the one it replaced. The version
         before that is dropped here; garbage collection, then `release_device_memory`, hands its memory
         back."""
         self.previous, self.current = self.current, loaded
         self.last_error = None
-        log.info("model version %s is live on %s (%s)", loaded.version, self.device, str(self.dtype))
+        path = self.execution_report(loaded)["path"]
+        log.info("model version %s is live on %s (%s)", loaded.version, self.device, path)
         return self.previous
 
     def release_device_memory(self) -> None:

@@ -225,6 +225,10 @@ class ModelInfo(BaseModel):
     parameters: int
     device: str
     dtype: str
+    execution: dict = Field(
+        description="The forward pass's path (float32, bfloat16, onnx, ...), whether a setting forced it "
+        "or it was measured at load ('auto'), and each candidate's canary items/s and deviation from float32."
+    )
     calibration: dict = Field(description="reward_mean and reward_std used to standardize model_raw.")
     metrics: dict = Field(description="Training metrics from the checkpoint's metrics.json.")
     refusal_check: dict | None = Field(

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -41,6 +42,9 @@ from app.backends.native import NativeBackend
 from app.errors import CheckpointError
 from app.model import RewardModel, RewardModelConfig
 from app.tokenizer import EncodingSpec, PairTokenizer
+
+if TYPE_CHECKING:  # the registry sets it; the store only carries it
+    from app.backends.choice import Execution
 
 FORMAT_VERSION = 1
 CURRENT_FILE = "CURRENT"
@@ -255,6 +259,7 @@ class LoadedVersion:
     metrics: dict
     config: dict
     backend: RewardBackend  # the only way serving reaches the model: encode at admission, forward in batches
+    execution: Execution | None = None  # how its forward pass runs here, chosen at load by the registry
 
     @property
     def calibration(self) -> tuple[float, float]:

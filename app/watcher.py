@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from app.errors import CheckpointError, NotFound
 from app.metrics import ServiceMetrics
 from app.registry import ModelRegistry
-from app.store import read_current, set_current, version_dir
+from app.store import LoadedVersion, read_current, set_current, version_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,14 @@ class ModelWatcher:
         self._seen_current: str | None = None
         self._task: asyncio.Task | None = None
 
+    def _report_live(self, version: LoadedVersion, load_seconds: float | None) -> None:
+        self.metrics.model_loaded(version.version, load_seconds, self.registry.execution_report(version))
+
     def start(self) -> None:
         """Remember CURRENT as it is now, report the live version, and poll if an interval is set."""
         self._seen_current = self._read_current()
         if self.registry.current is not None:
-            self.metrics.model_loaded(self.registry.current.version, self.registry.last_load_seconds)
+            self._report_live(self.registry.current, self.registry.last_load_seconds)
         if self.interval_s > 0 and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._watch(), name="model-watcher")
 
@@ -106,7 +109,7 @@ class ModelWatcher:
             if previous is None:
                 raise NotFound("no previous version to roll back to")
             replaced = self.registry.activate(previous)
-            self.metrics.model_loaded(previous.version, None)
+            self._report_live(previous, None)
             self.metrics.reload_finished("rollback")
             self._point_current_at(previous.version)
             self._seen_current = self._read_current()
@@ -147,7 +150,7 @@ class ModelWatcher:
             details = [{"version": name, "serving": live and live.version}]
             raise CheckpointError(f"version {name} refused: {reason}", details) from exc
         replaced = self.registry.activate(loaded)
-        self.metrics.model_loaded(loaded.version, self.registry.last_load_seconds)
+        self._report_live(loaded, self.registry.last_load_seconds)
         self.metrics.reload_finished("success")
         await asyncio.to_thread(release_freed_memory)  # the version before `replaced` is unreferenced now
         self.registry.release_device_memory()

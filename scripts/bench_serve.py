@@ -48,18 +48,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.batcher import BatchPolicy, WorkItem, cut_batches  # noqa: E402
+from app.errors import CheckpointError  # noqa: E402
 from app.main import AUTO_BATCH_TOKENS  # noqa: E402
 from app.registry import (  # noqa: E402
+    ModelRegistry,
     configure_torch_threads,
     forward_raw,
-    prepare_for_serving,
     resolve_device,
     resolve_dtype,
 )
 from app.schemas import ScoreRequest  # noqa: E402
-from app.store import LoadedVersion, load_version, read_current, version_dir  # noqa: E402
+from app.store import LoadedVersion, read_current  # noqa: E402
 
 DEFAULT_DATA = REPO / "data" / "hh_harmless_sample.jsonl"
+# input mixes: data file and the fewest characters of prompt + response a pair must have (long answers
+# of AlpacaEval fill the default model's 128 tokens: ~4 characters per token)
+MIXES = {"hh": (DEFAULT_DATA, 0), "long": (REPO / "data" / "alpaca_eval_sample.jsonl", 700)}
 
 
 @dataclass
@@ -84,17 +88,16 @@ def opener_of(path: Path) -> Callable:
     return gzip.open if path.suffix == ".gz" else open
 
 
-def load_pairs(path: Path | None, count: int, seed: int) -> list[dict]:
-    """Real (prompt, response) pairs when the data file exists, else deterministic synthetic ones."""
+def load_pairs(path: Path | None, count: int, seed: int, min_chars: int = 0) -> list[dict]:
+    """Real (prompt, response) pairs when the data file exists (at least `min_chars` characters
+    together), else deterministic synthetic ones."""
     rng = random.Random(seed)
     if path is not None and path.is_file():
         with opener_of(path)(path, "rt") as f:
             records = [json.loads(line) for line in f if line.strip()]
         rng.shuffle(records)
-        return [
-            {"prompt": r["prompt"], "response": r[rng.choice(("chosen", "rejected"))]}
-            for r in records[:count]
-        ]
+        pairs = [{"prompt": r["prompt"], "response": r[rng.choice(("chosen", "rejected"))]} for r in records]
+        return [p for p in pairs if len(p["prompt"]) + len(p["response"]) >= min_chars][:count]
     words = str.split("the reward model scores helpful honest answers about water eggs code travel and music")
     return [
         {
@@ -310,32 +313,32 @@ def server_command(store: Path) -> list[str]:
     ]
 
 
-def naive_command(store: Path, threads: int, dtype: str) -> list[str]:
+def naive_command(store: Path, threads: int, dtype: str, path: str) -> list[str]:
     return [
         sys.executable, __file__, "--serve-naive", "--model-store", str(store), "--threads", str(threads),
-        "--dtype", dtype,
+        "--dtype", dtype, "--path", path,
     ]  # fmt: skip
 
 
-def load_live(store: Path, dtype: str) -> LoadedVersion:
-    """The store's CURRENT version on the server's device (CUDA when present) in `dtype`, resolved as
-    the server resolves them."""
-    version = read_current(store)
-    if version is None:
+def load_live(store: Path, dtype: str, path: str = "auto") -> LoadedVersion:
+    """The store's CURRENT version as the server loads it: on its device, in `dtype`, on the execution
+    path `path` (auto: measured on this machine among the candidates, as REWARD_DTYPE=auto does)."""
+    if read_current(store) is None:
         raise SystemExit(f"{store}: no CURRENT version to benchmark")
-    device = resolve_device("auto")
-    loaded = load_version(version_dir(store, version))
-    prepare_for_serving(loaded, resolve_dtype(dtype, device), device)
-    return loaded
+    registry = ModelRegistry(store, "auto", dtype, path)
+    try:
+        return registry.load()
+    finally:
+        registry.close()
 
 
-def serve_naive(store: Path, port: int, threads: int, dtype: str) -> None:
+def serve_naive(store: Path, port: int, threads: int, dtype: str, path: str) -> None:
     """A naive server: one request, one forward pass, no queue, no batching."""
     import uvicorn
     from fastapi import FastAPI
 
     torch.set_num_threads(threads)
-    version = load_live(store, dtype)
+    version = load_live(store, dtype, path)
     app = FastAPI()
 
     @app.get("/readyz")
@@ -466,7 +469,7 @@ def compare_with_float32(store: Path, data: Path, dtype: str, count: int, seed: 
             x for s in spans for x in forward_raw(version, prompts[s : s + batch], responses[s : s + batch])
         ]
 
-    reference = rewards(load_live(store, "float32"), 16)
+    reference = rewards(load_live(store, "float32", "torch"), 16)
     candidate = load_live(store, dtype)
     batched, alone = rewards(candidate, 16), rewards(candidate, 1)
     diffs = sorted(abs(a - b) for a, b in zip(batched, reference, strict=True))
@@ -484,6 +487,41 @@ def compare_with_float32(store: Path, data: Path, dtype: str, count: int, seed: 
         "distinct_rewards": len(set(batched)),
         "batch_vs_alone_max": max(abs(a - b) for a, b in zip(batched, alone, strict=True)),
     }
+
+
+# execution paths of --compare-paths: (REWARD_DTYPE, REWARD_EXECUTION_PATH) forcing each one
+FORCED_PATHS = {
+    "float32": ("float32", "torch"), "bfloat16": ("bfloat16", "torch"), "onnx": ("auto", "onnx"),
+    "onnx-int8": ("auto", "onnx-int8"),
+}  # fmt: skip
+
+
+def compare_paths(store: Path, pairs: list[dict], batch_sizes: list[int], rounds: int) -> dict:
+    """Items/s of every execution path, loaded as the server loads it, on `pairs` in batches of each
+    size (sorted by characters): all paths timed in turn `rounds` times (medians), so that a slow spell of a
+    shared machine falls on all of them; with the largest deviation from float32 on these inputs."""
+    loaded, refused = {}, {}
+    for name, (dtype, path) in FORCED_PATHS.items():
+        try:
+            loaded[name] = load_live(store, dtype, path)
+        except CheckpointError as exc:  # a forced path that fails the accuracy guard
+            refused[name] = str(exc)
+    pairs = sorted(pairs, key=lambda p: len(p["prompt"]) + len(p["response"]))
+    prompts, responses = [p["prompt"] for p in pairs], [p["response"] for p in pairs]
+    reference = forward_raw(loaded["float32"], prompts, responses)
+    std = loaded["float32"].calibration[1]
+    figures = {name: {"max_deviation_std": max(
+        abs(a - b) for a, b in zip(forward_raw(v, prompts, responses), reference, strict=True)) / std}
+        for name, v in loaded.items()}  # fmt: skip
+    for size in batch_sizes:
+        batches = [pairs[s : s + size] for s in range(0, len(pairs), size)]
+        rates: dict[str, list[float]] = {name: [] for name in loaded}
+        for _ in range(rounds):
+            for name, version in loaded.items():
+                rates[name].append(best_rate(version, batches, passes=1))
+        for name, values in rates.items():
+            figures[name][f"items_per_s_batch_{size}"] = statistics.median(values)
+    return {"paths": figures, "refused": refused, "rounds": rounds}
 
 
 # ---------------------------------------------------------------- the run
@@ -549,6 +587,7 @@ def benchmark_started_servers(args: argparse.Namespace, pairs: list[dict]) -> li
     env = {
         "REWARD_TORCH_THREADS": str(args.threads),
         "REWARD_DTYPE": args.dtype,
+        "REWARD_EXECUTION_PATH": args.path,
         "REWARD_QUEUE_SIZE": "100000",
         "REWARD_MAX_QUEUE_WAIT_S": "0",  # measure throughput, not admission control
         "REWARD_RELOAD_INTERVAL": "0",
@@ -561,13 +600,16 @@ def benchmark_started_servers(args: argparse.Namespace, pairs: list[dict]) -> li
                 results += run_matrix(name, url, pid, args, pairs)
     if "naive" in args.servers:
         naive_env = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}  # as the service sets it, for a fair RSS
-        with serving(naive_command(args.model_store, args.threads, args.dtype), naive_env) as (url, pid):
+        command = naive_command(args.model_store, args.threads, args.dtype, args.path)
+        with serving(command, naive_env) as (url, pid):
             results += run_matrix("naive", url, pid, args, pairs)
     return results
 
 
-def markdown(results: list[Result], ceiling: dict | None) -> str:
+def markdown(results: list[Result], ceiling: dict | None, facts: dict) -> str:
     lines = [
+        f"CPU: {facts['cpu']} ({facts['cpus']} cores), {facts['torch_threads']} torch threads, "
+        f"path {facts.get('execution', facts['dtype'])}, inputs {facts['data']}\n",
         "| server | endpoint | clients | req/s | items/s | p50 ms | p90 ms | p99 ms | errors | RSS MiB "
         "| loop ms/req | busy | batch | of ceiling |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -634,15 +676,19 @@ def plot(results: list[Result], ceiling: dict | None, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def machine_facts(args: argparse.Namespace, version: LoadedVersion | None, pair_count: int) -> dict:
-    cpu = platform.processor()
+def cpu_model() -> str:
+    """The CPU's model name as lscpu shows it."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def machine_facts(args: argparse.Namespace, version: LoadedVersion | None, pair_count: int) -> dict:
     facts = {
-        "platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "torch": torch.__version__,
+        "platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
+        "torch": torch.__version__,
         "torch_threads": args.threads, "device": str(resolve_device("auto")),
         "dtype": str(resolve_dtype(args.dtype, resolve_device("auto"))),
         "duration_s": args.duration, "pairs": pair_count,
@@ -650,6 +696,7 @@ def machine_facts(args: argparse.Namespace, version: LoadedVersion | None, pair_
     }  # fmt: skip
     if version is not None:
         facts["model"] = {"version": version.version, "parameters": version.backend.describe()["parameters"]}
+        facts["execution"] = version.execution.path.name if version.execution else facts["dtype"]
     return facts
 
 
@@ -680,7 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time batches cut as the server cuts them from this many pending items",
     )  # fmt: skip
     parser.add_argument(
-        "--data", type=Path, default=DEFAULT_DATA, help="JSONL(.gz) with prompt/chosen/rejected"
+        "--data", type=Path, help="JSONL(.gz) with prompt/chosen/rejected (default: the --mix's file)"
     )
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="torch threads of every server"
@@ -688,6 +735,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="every server's"
     )
+    parser.add_argument(
+        "--path", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"],
+        help="every server's REWARD_EXECUTION_PATH (auto with --dtype auto: measured at load)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mix", default="hh", choices=sorted(MIXES),
+        help="inputs: hh (the HH sample, 80 tokens on average) or long (AlpacaEval answers filling max_len)",
+    )  # fmt: skip
     parser.add_argument(
         "--no-ceiling", dest="ceiling", action="store_false", help="skip the in-process ceiling"
     )
@@ -711,28 +766,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ceiling-only", action="store_true", help="only measure the in-process ceiling, print JSON and exit"
     )
+    parser.add_argument(
+        "--compare-paths", metavar="ROUNDS", type=int,
+        help="only time every execution path in process on --mix (--ceiling-batch-sizes); JSON, exit",
+    )  # fmt: skip
     parser.add_argument("--serve-naive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     return parser
 
 
+def compare_only(args: argparse.Namespace, min_chars: int) -> dict:
+    """--compare-paths (every execution path timed in turn) or --compare-dtype (accuracy vs float32)."""
+    configure_torch_threads(args.threads)
+    if args.compare_paths:
+        pairs = load_pairs(args.data, args.pairs, args.seed, min_chars)
+        report = compare_paths(args.model_store, pairs, args.ceiling_batch_sizes, args.compare_paths)
+        return {"cpu": cpu_model(), "mix": args.mix, **report}
+    return compare_with_float32(args.model_store, args.data, args.dtype, args.compare_dtype, args.seed)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    data, min_chars = MIXES[args.mix]
+    args.data = args.data or data
     if args.serve_naive:
-        serve_naive(args.model_store, args.port, args.threads, args.dtype)
+        serve_naive(args.model_store, args.port, args.threads, args.dtype, args.path)
         return
-    if args.compare_dtype:
-        configure_torch_threads(args.threads)
-        report = compare_with_float32(args.model_store, args.data, args.dtype, args.compare_dtype, args.seed)
-        print(json.dumps(report, indent=2))
+    if args.compare_paths or args.compare_dtype:
+        print(json.dumps(compare_only(args, min_chars), indent=2))
         return
     if args.naive and "naive" not in args.servers:
         args.servers.append("naive")
-    pairs = load_pairs(args.data, args.pairs, args.seed)
+    pairs = load_pairs(args.data, args.pairs, args.seed, min_chars)
     ceiling, version = None, None
     if not args.url:
         configure_torch_threads(args.threads)
-        version = load_live(args.model_store, args.dtype)
+        version = load_live(args.model_store, args.dtype, args.path)
         if args.ceiling:
             ceiling = in_process_ceiling(
                 version, pairs, args.ceiling_batch_sizes, args.ceiling_pools, args.seed, args.python_load,
@@ -740,7 +809,7 @@ def main(argv: list[str] | None = None) -> None:
             )  # fmt: skip
             print(f"  ceiling {ceiling['best_items_per_s']:.1f} items/s", file=sys.stderr, flush=True)
     if args.ceiling_only:
-        print(json.dumps({"dtype": str(next(version.model.parameters()).dtype), **ceiling}, indent=2))
+        print(json.dumps({"dtype": str(version.backend.dtype), **ceiling}, indent=2))
         return
     facts = machine_facts(args, version, len(pairs))
     version = None  # free the ceiling's model while the servers run
@@ -748,7 +817,7 @@ def main(argv: list[str] | None = None) -> None:
         results = run_matrix(args.url, args.url, None, args, pairs)
     else:
         results = benchmark_started_servers(args, pairs)
-    print(markdown(results, ceiling))
+    print(markdown(results, ceiling, facts))
     if args.json:
         report = {"machine": facts, "ceiling": ceiling, "results": [asdict(r) for r in results]}
         args.json.write_text(json.dumps(report, indent=2))

@@ -163,7 +163,7 @@ def start_server(
 
     Running-stats snapshots go to `log_dir` unless `env` says otherwise; torch gets one thread so that
     tests sharing a few cores stay predictable, and computes in float32 whatever the CPU (the `auto`
-    default picks bfloat16 on CPUs with native bf16; tests/integration/test_dtype.py covers that).
+    default measures the execution paths at load; tests/integration/test_dtype.py covers that).
     """
     port = free_port()
     command = [

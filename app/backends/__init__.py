@@ -9,6 +9,9 @@ every backend.
 - `app.backends.native`: the encoder this project trains (`app.model.RewardModel` + `tokenizer.json`).
 - `app.backends.hf`: Hugging Face `*ForSequenceClassification` checkpoints with one output (optional
   dependency `transformers`, the `[hf]` extra).
+- `app.backends.choice`: how the native model's forward runs on this machine (torch float32 or bfloat16,
+  ONNX Runtime float32 or int8), measured at load within an accuracy guard against float32.
+- `app.backends.onnx`: the ONNX Runtime path (export, derived cache, session; the `[onnx]` extra).
 """
 
 from __future__ import annotations

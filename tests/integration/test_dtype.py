@@ -1,4 +1,4 @@
-"""Serving precision: `REWARD_DTYPE=auto` picks bfloat16 only where the CPU has it natively, and the
+"""Serving precision: `REWARD_DTYPE=auto` measures the execution paths at load and shows its choice; the
 shipped model served in bfloat16 keeps the float32 rewards within the tolerance docs/benchmarks.md states
 and keeps every preference ordering of the sample data."""
 
@@ -10,10 +10,11 @@ import httpx
 import pytest
 import torch
 
+from app.backends.choice import GUARD_STD
 from app.errors import CheckpointError
-from app.registry import cpu_has_native_bf16, forward_raw, resolve_dtype
+from app.registry import forward_raw, resolve_dtype
 from app.store import load_version, read_current
-from tests.conftest import REPO
+from tests.conftest import REPO, scrape_metrics
 
 STORE = REPO / "model_store"
 # |model_raw(bf16) - model_raw(fp32)| in units of the checkpoint's reward_std, i.e. on the standardized
@@ -21,14 +22,33 @@ STORE = REPO / "model_store"
 BF16_TOLERANCE_STD = 0.04
 
 
-def test_auto_is_bfloat16_exactly_when_the_device_has_native_bf16() -> None:
-    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-    assert resolve_dtype("auto", torch.device("cpu")) == expected
+def test_auto_is_float32_on_cpu_as_the_reference_and_half_precision_on_cuda() -> None:
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32  # the paths are measured at load
     cuda_half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     assert resolve_dtype("auto", torch.device("cuda")) == cuda_half
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(CheckpointError, match="float16 needs a CUDA device"):
         resolve_dtype("float16", torch.device("cpu"))
+
+
+def test_auto_measures_the_paths_at_load_and_shows_the_choice(
+    tiny_model_store, server_factory, tmp_path
+) -> None:
+    env = {"REWARD_DTYPE": "auto", "REWARD_ONNX_CACHE": str(tmp_path / "onnx"), "REWARD_RELOAD_INTERVAL": "0"}
+    with server_factory(tiny_model_store, env=env) as server:
+        info = httpx.get(f"{server.url}/v1/model").json()
+        samples = scrape_metrics(server.url)
+        served = httpx.post(f"{server.url}/score", json={"prompt": "Hi", "response": "Hello"}).json()
+    execution = info["execution"]
+    candidates = {c["path"]: c for c in execution["candidates"]}
+    assert execution["setting"] == "auto" and {"float32", "bfloat16"} <= set(candidates)
+    assert candidates[execution["path"]]["accepted"] and candidates["float32"]["items_per_s"] > 0
+    assert info["dtype"] in ("float32", "bfloat16", "int8")
+    assert samples[("reward_execution_path_info", (("path", execution["path"]),))] == 1
+    assert samples[("reward_execution_candidate_items_per_second", (("path", "float32"),))] > 0
+    version = load_version(tiny_model_store / read_current(tiny_model_store))
+    fp32 = forward_raw(version, ["Hi"], ["Hello"])[0]
+    assert served["model_raw"] == pytest.approx(fp32, abs=GUARD_STD * version.calibration[1])
 
 
 def sample_pairs(count: int) -> list[dict]:

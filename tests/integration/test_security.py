@@ -144,7 +144,10 @@ def listening_addresses(port: int) -> set[str]:
 def test_binds_loopback_only_by_default(tiny_model_store: Path, tmp_path: Path) -> None:
     port = free_port()
     command = [sys.executable, "-m", "app", "--port", str(port), "--model-store", str(tiny_model_store)]
+    # float32 as every test server (conftest): with `auto` the first load exports and times ONNX paths,
+    # and a server stopped during its first load waits for it
     env = {"REWARD_STATS_PATH": str(tmp_path / "stats.json"), "PATH": "/usr/bin:/bin"}
+    env["REWARD_DTYPE"] = "float32"
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below, after the process
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

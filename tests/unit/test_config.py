@@ -54,3 +54,10 @@ def test_unsafe_values_are_refused(field: str, value: object) -> None:
 def test_half_precision_needs_cuda() -> None:
     with pytest.raises(ValidationError, match="needs device cuda"):
         Settings(device="cpu", dtype="float16")
+
+
+def test_a_forced_onnx_path_refuses_other_precisions_and_cuda() -> None:
+    for conflicting in ({"dtype": "bfloat16"}, {"device": "cuda"}):
+        with pytest.raises(ValidationError, match="execution_path onnx"):
+            Settings(execution_path="onnx", **conflicting)
+    assert Settings(execution_path="onnx-int8", onnx_cache="").onnx_cache is None  # empty: beside the store

@@ -81,13 +81,31 @@ def test_batch_padding_ratio_is_the_share_of_padded_tokens() -> None:
     assert value(metrics, "reward_forward_duration_seconds_count") == 1
 
 
+def execution_report(path: str, rates: dict[str, float | None]) -> dict:
+    """An /v1/model `execution` field with these candidates' canary items/s (None: refused)."""
+    candidates = [{"path": name, "items_per_s": rate} for name, rate in rates.items()]
+    return {"path": path, "setting": "auto", "candidates": candidates}
+
+
 def test_model_info_names_only_the_live_version() -> None:
     metrics = ServiceMetrics()
-    metrics.model_loaded("v1", 0.5)
-    metrics.model_loaded("v2", 0.7)
+    metrics.model_loaded("v1", 0.5, execution_report("float32", {"float32": None}))
+    metrics.model_loaded("v2", 0.7, execution_report("float32", {"float32": None}))
     info = [s for s in families(metrics)["reward_model_info"].samples if s.name == "reward_model_info"]
     assert [s.labels for s in info] == [{"version": "v2"}]
     assert value(metrics, "reward_model_load_seconds_count") == 2
+
+
+def test_execution_metrics_show_the_live_path_and_its_candidates_rates() -> None:
+    metrics = ServiceMetrics()
+    metrics.model_loaded("v1", 0.5, execution_report("bfloat16", {"float32": 50.0, "bfloat16": 140.0}))
+    metrics.model_loaded(
+        "v2", 0.5, execution_report("onnx", {"float32": 60.0, "onnx": 90.0, "onnx-int8": None})
+    )
+    paths = families(metrics)["reward_execution_path_info"].samples
+    assert [(s.labels, s.value) for s in paths] == [({"path": "onnx"}, 1.0)]  # the old path is gone
+    rates = families(metrics)["reward_execution_candidate_items_per_second"].samples
+    assert {s.labels["path"]: s.value for s in rates} == {"float32": 60.0, "onnx": 90.0}  # refused: absent
 
 
 def test_a_refused_reload_does_not_move_the_last_reload_time() -> None:
