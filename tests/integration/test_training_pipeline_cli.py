@@ -10,6 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from app.store import load_version, read_current, verify_version
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,13 +67,33 @@ def test_prepare_train_evaluate_on_the_bundled_sample(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "report.json").read_text())
     validation = report["files"]["pairs.jsonl"]
     assert {"all", "hh_harmless_base", "hh_helpful_base", "alpaca_eval_gpt4", "synthetic"} <= set(validation)
-    assert 0.0 <= validation["all"]["accuracy"]["model"] <= 1.0
-    assert 0.0 <= validation["hh_helpful_base"]["accuracy"]["beats_refusal"] <= 1.0
-    assert 0.0 <= validation["hh_harmless_base"]["accuracy"]["refusal_beats_rejected"] <= 1.0
+    model_wins, longer_wins = recomputed_accuracies(version_dir, tmp_path / "pairs.jsonl")
+    assert validation["all"]["accuracy"]["model"] == pytest.approx(model_wins, abs=1e-9)
+    assert validation["all"]["accuracy"]["longer_wins"] == pytest.approx(longer_wins, abs=1e-9)
+    assert validation["all"]["accuracy"]["model"] != validation["all"]["accuracy"]["longer_wins"]
+    # the refusal rates are reported per source (their arithmetic: tests/unit/training)
+    assert "beats_refusal" in validation["hh_helpful_base"]["accuracy"]
+    assert "refusal_beats_rejected" in validation["hh_harmless_base"]["accuracy"]
     check = load_version(version_dir).metrics["refusal_check"]  # computed by training on validation
     assert check["hh_helpful_base"]["n"] == validation["hh_helpful_base"]["n"]
     assert report["files"][SAMPLES[0]]["all"]["n"] == 240  # a raw file has no split: every pair counts
     assert (tmp_path / "report.png").stat().st_size > 0
+
+
+def recomputed_accuracies(version_dir: Path, pairs_file: Path) -> tuple[float, float]:
+    """The validation pairs' model accuracy and longer-wins rate, computed here from the served model's
+    own backend, independently of the evaluation code."""
+    rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
+    rows = [r for r in rows if r["split"] == "validation"]
+    version = load_version(version_dir)
+    version.backend.prepare(torch.float32, torch.device("cpu"))
+    prompts = [r["prompt"] for r in rows]
+    ids = version.backend.encode(prompts * 2, [r["chosen"] for r in rows] + [r["rejected"] for r in rows])
+    rewards = [version.backend.forward([one])[0] for one in ids]
+    chosen, rejected = rewards[: len(rows)], rewards[len(rows) :]
+    model_wins = sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(rows)
+    longer = sum(len(r["chosen"]) > len(r["rejected"]) for r in rows) / len(rows)
+    return model_wins, longer
 
 
 def test_console_scripts_point_at_callables() -> None:
