@@ -8,10 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.store import read_current
 from app.tokenizer import EncodingSpec, PairTokenizer, split_budget
 from tests.conftest import tiny_tokenizer
 
-DEFAULT_TOKENIZER = Path(__file__).resolve().parents[2] / "model_store" / "minilm-top2-v2" / "tokenizer.json"
+STORE = Path(__file__).resolve().parents[2] / "model_store"
+DEFAULT_TOKENIZER = STORE / read_current(STORE) / "tokenizer.json"
 
 
 def encode_whole(tokenizer: PairTokenizer, prompt: str, response: str) -> list[int]:
