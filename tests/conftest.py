@@ -140,14 +140,19 @@ def wait_until_ready(server: RunningServer, timeout_s: float) -> None:
     raise TimeoutError(f"server not ready within {timeout_s} s:\n{server.log()}")
 
 
-def stop_server(server: RunningServer, timeout_s: float = 15.0) -> None:
-    if server.process.poll() is None:
-        server.process.terminate()
+def stop_process(process: subprocess.Popen, timeout_s: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout_s`."""
+    if process.poll() is None:
+        process.terminate()
         try:
-            server.process.wait(timeout=timeout_s)
+            process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=timeout_s)
+            process.kill()
+            process.wait(timeout=timeout_s)
+
+
+def stop_server(server: RunningServer, timeout_s: float = 15.0) -> None:
+    stop_process(server.process, timeout_s)
 
 
 @contextlib.contextmanager
@@ -211,6 +216,32 @@ def tiny_server(tiny_model_store: Path, tmp_path_factory: pytest.TempPathFactory
     """One server on the tiny checkpoint with default settings, shared by a test module."""
     with start_server(tiny_model_store, tmp_path_factory.mktemp("server")) as server:
         yield server
+
+
+def tiny_server_with(env: dict[str, str]) -> Callable[..., Iterator[RunningServer]]:
+    """A module-scoped fixture: one server on the tiny checkpoint with REWARD_* `env`, shared by a module.
+
+    `limited_server = tiny_server_with({"REWARD_MAX_ITEMS": "8"})` at module level defines the fixture.
+    """
+
+    @pytest.fixture(scope="module")
+    def server(tiny_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+        with start_server(tiny_model_store, tmp_path_factory.mktemp("server"), env=env) as running:
+            yield running
+
+    return server
+
+
+def assert_error(response: httpx.Response, status: int, error_type: str) -> dict:
+    """The response is `status` with the one JSON error shape of `error_type` and a request id; its error."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["type"] == error_type
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["details"], list)
+    assert response.headers.get("x-request-id")
+    return error
 
 
 @pytest.fixture(scope="module")
