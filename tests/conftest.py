@@ -10,9 +10,7 @@ import contextlib
 import os
 import random
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.loadgen import app_command, free_port, stop_process
 from app.model import RewardModel, RewardModelConfig
 from app.store import publish_version, save_checkpoint_files
 from app.tokenizer import EncodingSpec, PairTokenizer, train_tokenizer
@@ -112,12 +111,6 @@ def require_tool(name: str, package: str) -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class RunningServer:
     url: str  # http://127.0.0.1:<port>
@@ -140,17 +133,6 @@ def wait_until_ready(server: RunningServer, timeout_s: float) -> None:
     raise TimeoutError(f"server not ready within {timeout_s} s:\n{server.log()}")
 
 
-def stop_process(process: subprocess.Popen, timeout_s: float = 15.0) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within `timeout_s`."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=timeout_s)
-
-
 def stop_server(server: RunningServer, timeout_s: float = 15.0) -> None:
     stop_process(server.process, timeout_s)
 
@@ -171,17 +153,7 @@ def start_server(
     default measures the execution paths at load; tests/integration/test_dtype.py covers that).
     """
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--model-store",
-        str(model_store),
-    ]
+    command = app_command(model_store, "--port", str(port))
     defaults = {
         "REWARD_TORCH_THREADS": "1",
         "REWARD_STATS_PATH": str(log_dir / f"stats-{port}.json"),
