@@ -30,9 +30,7 @@ import json
 import os
 import platform
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -44,22 +42,28 @@ from urllib.parse import urlsplit
 import httpx
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from app.batcher import BatchPolicy, WorkItem, cut_batches  # noqa: E402
-from app.errors import CheckpointError  # noqa: E402
-from app.main import AUTO_BATCH_TOKENS  # noqa: E402
-from app.registry import (  # noqa: E402
+from app.batcher import BatchPolicy, WorkItem, cut_batches
+from app.errors import CheckpointError
+from app.loadgen import (
+    Connections,
+    app_command,
+    encode_request,
+    percentile,
+    rss_mib,
+    serving,
+)
+from app.main import AUTO_BATCH_TOKENS
+from app.registry import (
     ModelRegistry,
     configure_torch_threads,
     forward_raw,
     resolve_device,
     resolve_dtype,
 )
-from app.schemas import ScoreRequest  # noqa: E402
-from app.store import LoadedVersion, read_current  # noqa: E402
+from app.schemas import ScoreRequest
+from app.store import LoadedVersion, read_current
 
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data" / "hh_harmless_sample.jsonl"
 # input mixes: data file and the fewest characters of prompt + response a pair must have (long answers
 # of AlpacaEval fill the default model's 128 tokens: ~4 characters per token)
@@ -108,81 +112,11 @@ def load_pairs(path: Path | None, count: int, seed: int, min_chars: int = 0) -> 
     ]
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
 # ---------------------------------------------------------------- load generator
 
 
-def encode_request(host: str, path: str, body: dict) -> bytes:
-    payload = json.dumps(body).encode()
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(payload)}\r\n\r\n"
-    )
-    return head.encode() + payload
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes]]:
-    """Read one HTTP/1.1 response with a Content-Length body; -> (status code, lower-cased headers)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.rstrip(b"\r\n").split(b"\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    if b"transfer-encoding" in headers:
-        raise ValueError("chunked responses are not supported by this client")
-    length = int(headers.get(b"content-length", 0))
-    if length:
-        await reader.readexactly(length)
-    return status, headers
-
-
-IDLE_REUSE_S = 3.0  # reuse a keep-alive connection idle for less than this
-
-
-class Connections:
-    """Keep-alive HTTP/1.1 connections to one server, opened on demand and reused."""
-
-    def __init__(self, url: str):
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []  # + last use
-
-    def post(self, path: str, body: dict) -> bytes:
-        return encode_request(f"{self.host}:{self.port}", path, body)
-
-    async def connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        while self.idle:
-            reader, writer, last_use = self.idle.pop()
-            if time.monotonic() - last_use < IDLE_REUSE_S:
-                return reader, writer
-            writer.close()  # the server may have closed it (uvicorn's keep-alive timeout is 5 s)
-        return await asyncio.open_connection(self.host, self.port)
-
-    async def send(self, request: bytes, timeout_s: float = 300) -> tuple[int, dict[bytes, bytes]]:
-        reader, writer = await self.connection()
-        try:
-            writer.write(request)
-            status, headers = await asyncio.wait_for(read_response(reader), timeout=timeout_s)
-        except BaseException:
-            writer.close()
-            raise
-        if headers.get(b"connection", b"").lower() == b"close":
-            writer.close()
-        else:
-            self.idle.append((reader, writer, time.monotonic()))
-        return status, headers
-
-    def close(self) -> None:
-        for _, writer, _ in self.idle:
-            writer.close()
-        self.idle.clear()
+def milliseconds(seconds: float | None) -> float:
+    return float("nan") if seconds is None else 1000 * seconds
 
 
 async def drive(
@@ -234,39 +168,13 @@ async def drive(
         "errors": errors,
         "req_per_s": len(latencies) / elapsed,
         "items_per_s": len(latencies) * per_request / elapsed,
-        "p50_ms": 1000 * percentile(latencies, 0.50),
-        "p90_ms": 1000 * percentile(latencies, 0.90),
-        "p99_ms": 1000 * percentile(latencies, 0.99),
+        "p50_ms": milliseconds(percentile(latencies, 0.50)),
+        "p90_ms": milliseconds(percentile(latencies, 0.90)),
+        "p99_ms": milliseconds(percentile(latencies, 0.99)),
     }
 
 
 # ---------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready within {timeout_s} s")
-
-
-def rss_mib(pid: int) -> float | None:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return None
 
 
 def main_thread_cpu_s(pid: int) -> float | None:
@@ -275,42 +183,6 @@ def main_thread_cpu_s(pid: int) -> float | None:
         fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
     return None
-
-
-@contextlib.contextmanager
-def serving(command: list[str], env: dict[str, str]) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    process = subprocess.Popen(
-        [*command, "--port", str(port)],
-        cwd=REPO,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process)
-        yield url, process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def server_command(store: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "app",
-        "--host",
-        "127.0.0.1",
-        "--model-store",
-        str(store),
-        "--stats-path",
-        "",
-    ]
 
 
 def naive_command(store: Path, threads: int, dtype: str, path: str) -> list[str]:
@@ -596,13 +468,14 @@ def benchmark_started_servers(args: argparse.Namespace, pairs: list[dict]) -> li
     results = []
     for name, extra in variants.items():
         if name in args.servers:
-            with serving(server_command(args.model_store), {**env, **extra}) as (url, pid):
-                results += run_matrix(name, url, pid, args, pairs)
+            command = app_command(args.model_store, "--stats-path", "")
+            with serving(command, {**env, **extra}, ready_timeout_s=180) as (url, process):
+                results += run_matrix(name, url, process.pid, args, pairs)
     if "naive" in args.servers:
         naive_env = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}  # as the service sets it, for a fair RSS
         command = naive_command(args.model_store, args.threads, args.dtype, args.path)
-        with serving(command, naive_env) as (url, pid):
-            results += run_matrix("naive", url, pid, args, pairs)
+        with serving(command, naive_env, ready_timeout_s=180) as (url, process):
+            results += run_matrix("naive", url, process.pid, args, pairs)
     return results
 
 

@@ -1,11 +1,8 @@
 """Evaluate a published reward model on pair files (see `python scripts/evaluate_reward_model.py --help`)."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from app.training.evaluate import main  # noqa: E402
+from app.training.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,11 +2,8 @@
 --help`)."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from app.training.import_model import main  # noqa: E402
+from app.training.import_model import main
 
 if __name__ == "__main__":
     sys.exit(main())

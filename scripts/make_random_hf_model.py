@@ -6,12 +6,9 @@ output, saved with safetensors. For benchmarks of the Hugging Face backend; its 
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from tests.hf_models import decoder_config, decoder_tokenizer, save_model  # noqa: E402
+from app.random_hf_models import decoder_config, decoder_tokenizer, save_model
 
 
 def main() -> None:

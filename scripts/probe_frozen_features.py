@@ -12,15 +12,12 @@ fine-tuned model reaches, the limit is the encoder and the data, not the trainin
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app.training.pairs import read_pairs  # noqa: E402
-from app.training.pretrained import load_pretrained  # noqa: E402
+from app.training.pairs import read_pairs
+from app.training.pretrained import load_pretrained
 
 
 def pooled_features(model, tokenizer, prompts, responses, batch_size: int = 32):

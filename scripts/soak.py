@@ -24,30 +24,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import torch
 
+from app.loadgen import Connections, app_command, percentile, rss_mib, serving
+from app.model import RewardModel, RewardModelConfig
+from app.store import publish_version, save_checkpoint_files
+from app.tokenizer import EncodingSpec, PairTokenizer, train_tokenizer
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
-
-from app.model import RewardModel, RewardModelConfig  # noqa: E402
-from app.store import publish_version, save_checkpoint_files  # noqa: E402
-from app.tokenizer import EncodingSpec, PairTokenizer, train_tokenizer  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import Connections  # noqa: E402
-
 DATA = sorted((REPO / "data").glob("*.jsonl"))
 
 
@@ -78,41 +69,6 @@ def build_store(directory: Path, pairs: list[tuple[str, str]]) -> Path:
     write = lambda d: save_checkpoint_files(d, model, tokenizer, metrics)  # noqa: E731
     publish_version(directory, write, version="soak-v1")
     return directory
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(store: Path, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", port, "--model-store", store]
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            [str(part) for part in command], cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=log
-        )
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError("server not ready")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class Load:
@@ -181,11 +137,10 @@ async def sample_rss(pid: int, into: list[tuple[float, float]], stop: asyncio.Ev
         await asyncio.sleep(1.0)
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+def seconds(values: list[float], q: float) -> float | None:
+    """A latency quantile, rounded for the report."""
+    value = percentile(values, q)
+    return None if value is None else round(value, 4)
 
 
 def summarize(samples: list[Sample], duration_s: float) -> dict:
@@ -195,9 +150,9 @@ def summarize(samples: list[Sample], duration_s: float) -> dict:
         "requests": len(samples),
         "offered_per_s": round(len(samples) / duration_s, 1),
         "accepted_per_s": round(len(ok) / duration_s, 1),
-        "ok_p50_s": percentile(ok, 0.5), "ok_p99_s": percentile(ok, 0.99), "ok_max_s": percentile(ok, 1.0),
+        "ok_p50_s": seconds(ok, 0.5), "ok_p99_s": seconds(ok, 0.99), "ok_max_s": seconds(ok, 1.0),
         "shed_share": round(len(shed) / max(1, len(samples)), 3),
-        "shed_p50_s": percentile(shed, 0.5), "shed_p99_s": percentile(shed, 0.99),
+        "shed_p50_s": seconds(shed, 0.5), "shed_p99_s": seconds(shed, 0.99),
         "other_statuses": _count(s.status for s in samples if s.status not in (200, 429)),
     }  # fmt: skip
 
@@ -375,17 +330,10 @@ def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         store = args.model_store or build_store(Path(tmp) / "model_store", load_pairs())
-        port = free_port()
         env = {"REWARD_STATS_PATH": "", **dict(item.split("=", 1) for item in args.env)}
-        process = start_server(store, port, env, Path(tmp) / "server.log")
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_ready(url, process)
+        with serving(app_command(store), env, Path(tmp) / "server.log") as (url, process):
             run = isolation(args, url) if args.hostile else soak(args, url, process.pid)
             result = asyncio.run(run)
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
     result["settings"] = {**vars(args), "env": env}
     print(isolation_markdown(result, args) if args.hostile else markdown(result, args))
     if args.out:

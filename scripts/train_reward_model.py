@@ -1,11 +1,8 @@
 """Train a reward model and publish it to the model store (`python scripts/train_reward_model.py --help`)."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from app.training.trainer import main  # noqa: E402
+from app.training.trainer import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,9 +20,6 @@ import asyncio
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -32,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from app.adapters.callers import CallRecord, openrlhf_reward, verl_reward
+from app.loadgen import app_command, rss_mib, serving
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
@@ -59,56 +57,6 @@ async def call_verl(client: httpx.AsyncClient, url: str, index: int) -> CallReco
 
 
 CALLS: dict[str, Call] = {"openrlhf": call_openrlhf, "verl": call_verl}
-
-
-def start_server(store: Path, port: int, env: list[str], log_path: Path) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--model-store",
-        str(store),
-    ]
-    overrides = dict(item.split("=", 1) for item in env)
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            command,
-            cwd=REPO,
-            env={**os.environ, "REWARD_LOG_LEVEL": "warning", **overrides},
-            stdout=log,
-            stderr=log,
-        )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError("server not ready")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def watch_server(url: str, pid: int, peaks: dict[str, float], stop: asyncio.Event) -> None:
@@ -221,16 +169,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = Path(tempfile.gettempdir()) / f"trainer_load-{port}.log"
-    process = start_server(args.model_store, port, args.env, log_path)
-    try:
-        wait_ready(url, process)
+    env = {"REWARD_LOG_LEVEL": "warning", **dict(item.split("=", 1) for item in args.env)}
+    log_path = Path(tempfile.gettempdir()) / f"trainer_load-{os.getpid()}.log"
+    with serving(app_command(args.model_store), env, log_path) as (url, process):
         result = asyncio.run(run(args, url, process.pid))
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))

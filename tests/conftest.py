@@ -10,9 +10,7 @@ import contextlib
 import os
 import random
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.loadgen import app_command, free_port, stop_process
 from app.model import RewardModel, RewardModelConfig
 from app.store import publish_version, save_checkpoint_files
 from app.tokenizer import EncodingSpec, PairTokenizer, train_tokenizer
@@ -112,12 +111,6 @@ def require_tool(name: str, package: str) -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class RunningServer:
     url: str  # http://127.0.0.1:<port>
@@ -141,13 +134,7 @@ def wait_until_ready(server: RunningServer, timeout_s: float) -> None:
 
 
 def stop_server(server: RunningServer, timeout_s: float = 15.0) -> None:
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=timeout_s)
+    stop_process(server.process, timeout_s)
 
 
 @contextlib.contextmanager
@@ -166,17 +153,7 @@ def start_server(
     default measures the execution paths at load; tests/integration/test_dtype.py covers that).
     """
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--model-store",
-        str(model_store),
-    ]
+    command = app_command(model_store, "--port", str(port))
     defaults = {
         "REWARD_TORCH_THREADS": "1",
         "REWARD_STATS_PATH": str(log_dir / f"stats-{port}.json"),
@@ -211,6 +188,32 @@ def tiny_server(tiny_model_store: Path, tmp_path_factory: pytest.TempPathFactory
     """One server on the tiny checkpoint with default settings, shared by a test module."""
     with start_server(tiny_model_store, tmp_path_factory.mktemp("server")) as server:
         yield server
+
+
+def tiny_server_with(env: dict[str, str]) -> Callable[..., Iterator[RunningServer]]:
+    """A module-scoped fixture: one server on the tiny checkpoint with REWARD_* `env`, shared by a module.
+
+    `limited_server = tiny_server_with({"REWARD_MAX_ITEMS": "8"})` at module level defines the fixture.
+    """
+
+    @pytest.fixture(scope="module")
+    def server(tiny_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+        with start_server(tiny_model_store, tmp_path_factory.mktemp("server"), env=env) as running:
+            yield running
+
+    return server
+
+
+def assert_error(response: httpx.Response, status: int, error_type: str) -> dict:
+    """The response is `status` with the one JSON error shape of `error_type` and a request id; its error."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["type"] == error_type
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["details"], list)
+    assert response.headers.get("x-request-id")
+    return error
 
 
 @pytest.fixture(scope="module")

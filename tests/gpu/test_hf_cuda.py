@@ -11,9 +11,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
+from app import random_hf_models as hf_models  # noqa: E402
 from app.store import load_version  # noqa: E402
 from app.training.import_model import import_model  # noqa: E402
-from tests import hf_models  # noqa: E402
 
 PROMPTS = ["How do I boil an egg?", "hi", "Tell me about rivers and mountains. " * 6]
 RESPONSES = ["Put it in boiling water for eight minutes.", "Hello! How can I help?", "Rivers run down."]

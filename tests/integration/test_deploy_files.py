@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from tests.conftest import require_tool
+from tests.conftest import free_port, require_tool
 
 yaml = pytest.importorskip("yaml", reason="pyyaml reads the compose and Prometheus files (dev extra)")
 
@@ -439,12 +439,6 @@ class ReplicaStandIn(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

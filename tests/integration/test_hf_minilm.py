@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 transformers = pytest.importorskip("transformers")
 
 from app.backends.hf import HF_DIR  # noqa: E402
+from app.random_hf_models import DATA  # noqa: E402
 from app.store import load_version  # noqa: E402
 from app.training.import_model import import_model  # noqa: E402
 from app.training.pretrained import SOURCES  # noqa: E402
-from tests.hf_models import DATA  # noqa: E402
 
 SOURCE = SOURCES["all-MiniLM-L6-v2"]
 HEAD_SEED = 0

@@ -6,13 +6,11 @@ from __future__ import annotations
 import math
 import select
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, assert_error, tiny_server_with
 
 LIMITS = {
     "REWARD_MAX_BODY_BYTES": "65536",
@@ -25,23 +23,7 @@ JSON = {"content-type": J}
 OK_PAIR = {"prompt": "How do I boil an egg?", "response": "Put it in boiling water for eight minutes."}
 
 
-@pytest.fixture(scope="module")
-def limited_server(
-    tiny_model_store: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
-    with start_server(tiny_model_store, tmp_path_factory.mktemp("hostile"), env=LIMITS) as server:
-        yield server
-
-
-def assert_error(response: httpx.Response, status: int, error_type: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    error = response.json()["error"]
-    assert error["type"] == error_type
-    assert isinstance(error["message"], str) and error["message"]
-    assert isinstance(error["details"], list)
-    assert response.headers.get("x-request-id")
-    return error
+limited_server = tiny_server_with(LIMITS)
 
 
 # (name, raw body, content type, expected status, expected error type)

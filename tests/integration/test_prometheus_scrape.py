@@ -12,7 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, free_port, publish_tiny_version, require_tool, start_server
+from tests.conftest import (
+    RunningServer,
+    free_port,
+    publish_tiny_version,
+    require_tool,
+    start_server,
+    stop_process,
+)
 
 WAIT_S = 30.0  # for Prometheus to start, and for a scrape to show a change
 PAIR = {"prompt": "how do i boil an egg", "response": "put it in boiling water for eight minutes"}
@@ -36,12 +43,7 @@ def prometheus_scraping(target: str, workdir: Path) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop_process(process)
         log.close()
 
 

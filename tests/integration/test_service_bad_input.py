@@ -6,31 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, assert_error, tiny_server_with
 
 LIMITS = {"REWARD_MAX_ITEMS": "8", "REWARD_MAX_TEXT_CHARS": "200", "REWARD_MAX_BODY_BYTES": "4096"}
 GOOD = {"prompt": "how do i boil an egg", "response": "put it in boiling water for eight minutes"}
 
 
-@pytest.fixture(scope="module")
-def limited_server(
-    tiny_model_store: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
-    with start_server(tiny_model_store, tmp_path_factory.mktemp("limits"), env=LIMITS) as server:
-        yield server
-
-
-def assert_error(response: httpx.Response, status: int, error_type: str) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["type"] == error_type and error["message"]
-    assert isinstance(error["details"], list)
-    return error
+limited_server = tiny_server_with(LIMITS)
 
 
 def locs(error: dict) -> list[list]:

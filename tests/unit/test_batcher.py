@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -45,6 +47,30 @@ async def wait_entered(runner: RecordingRunner) -> None:
     await asyncio.to_thread(runner.entered.wait, 10)
 
 
+def held_runner() -> RecordingRunner:
+    """A RecordingRunner that holds every batch until `runner.gate.set()`."""
+    return RecordingRunner(threading.Event())
+
+
+async def occupy_worker(batcher: MicroBatcher, runner: RecordingRunner, group: str = "v1") -> asyncio.Task:
+    """Start one item and wait until the held runner computes it, so that what follows queues behind it."""
+    first = asyncio.create_task(batcher.run([0], [1], group=group))
+    await wait_entered(runner)
+    return first
+
+
+@contextlib.contextmanager
+def held_shared_compute() -> Iterator[tuple[RecordingRunner, ThreadPoolExecutor]]:
+    """A held runner and a one-thread executor shared as the service's (stop() does not wait for it);
+    both are released on exit whatever the test did."""
+    runner, compute = held_runner(), ThreadPoolExecutor(max_workers=1)
+    try:
+        yield runner, compute
+    finally:
+        runner.gate.set()
+        compute.shutdown(wait=True)
+
+
 def test_results_come_back_in_input_order_and_batches_respect_the_size_limit() -> None:
     runner = RecordingRunner()
     payloads = [5, 1, 9, 3, 7, 2, 8, 6, 4, 10]
@@ -70,16 +96,14 @@ def test_token_budget_cuts_batches_by_padded_length() -> None:
 
 
 def test_a_large_request_shares_batches_with_other_clients() -> None:
-    gate = threading.Event()
-    runner = RecordingRunner(gate)
+    runner = held_runner()
 
     async def scenario(batcher: MicroBatcher) -> None:
-        first = asyncio.create_task(batcher.run([0], [1], group="v1"))  # occupies the worker
-        await wait_entered(runner)
+        first = await occupy_worker(batcher, runner)
         big = asyncio.create_task(batcher.run([1, 2, 3, 4, 5, 6], [1] * 6, group="v1"))
         small = asyncio.create_task(batcher.run([100], [1], group="v1"))
         await asyncio.sleep(0.05)
-        gate.set()
+        runner.gate.set()
         await asyncio.gather(first, big, small)
 
     asyncio.run(with_batcher(runner, scenario))
@@ -89,16 +113,14 @@ def test_a_large_request_shares_batches_with_other_clients() -> None:
 
 
 def test_items_of_different_groups_never_share_a_batch() -> None:
-    gate = threading.Event()
-    runner = RecordingRunner(gate)
+    runner = held_runner()
 
     async def scenario(batcher: MicroBatcher) -> tuple:
-        first = asyncio.create_task(batcher.run([0], [1], group="old"))
-        await wait_entered(runner)
+        first = await occupy_worker(batcher, runner, group="old")
         old = asyncio.create_task(batcher.run([1, 2], [1, 1], group="old"))
         new = asyncio.create_task(batcher.run([-1, -2], [1, 1], group="new"))
         await asyncio.sleep(0.05)
-        gate.set()
+        runner.gate.set()
         return await asyncio.gather(first, old, new)
 
     _, old, new = asyncio.run(with_batcher(runner, scenario))
@@ -107,17 +129,15 @@ def test_items_of_different_groups_never_share_a_batch() -> None:
 
 
 def test_cancelled_items_are_dropped_before_compute() -> None:
-    gate = threading.Event()
-    runner = RecordingRunner(gate)
+    runner = held_runner()
 
     async def scenario(batcher: MicroBatcher) -> list:
-        first = asyncio.create_task(batcher.run([0], [1], group="v1"))
-        await wait_entered(runner)
+        first = await occupy_worker(batcher, runner)
         gone = asyncio.create_task(batcher.run([7, 8], [1, 1], group="v1"))
         stays = asyncio.create_task(batcher.run([9], [1], group="v1"))
         await asyncio.sleep(0.01)
         gone.cancel()
-        gate.set()
+        runner.gate.set()
         await first
         return await stays
 
@@ -126,19 +146,17 @@ def test_cancelled_items_are_dropped_before_compute() -> None:
 
 
 def test_a_full_queue_refuses_whole_requests_at_once_with_retry_after() -> None:
-    gate = threading.Event()
-    runner = RecordingRunner(gate)
+    runner = held_runner()
 
     async def scenario(batcher: MicroBatcher) -> None:
-        first = asyncio.create_task(batcher.run([0], [1], group="v1"))
-        await wait_entered(runner)
+        first = await occupy_worker(batcher, runner)
         queued = asyncio.create_task(batcher.run([1, 2, 3], [1, 1, 1], group="v1"))
         await asyncio.sleep(0)
         with pytest.raises(Overloaded) as refused:
             await batcher.run([4, 5], [1, 1], group="v1")  # 3 + 2 > 4: nothing of it is queued
         assert refused.value.retry_after == 1
         assert batcher.queue_depth == 3
-        gate.set()
+        runner.gate.set()
         assert await batcher.run([6], [1], group="v1") == [12]  # room again once the queue drains
         await asyncio.gather(first, queued)
 
@@ -169,16 +187,14 @@ def test_run_batch_returning_the_wrong_count_is_reported_with_a_fix() -> None:
 
 
 def test_the_event_loop_keeps_accepting_while_a_batch_computes() -> None:
-    gate = threading.Event()
-    runner = RecordingRunner(gate)
+    runner = held_runner()
 
     async def scenario(batcher: MicroBatcher) -> int:
-        first = asyncio.create_task(batcher.run([0], [1], group="v1"))
-        await wait_entered(runner)
+        first = await occupy_worker(batcher, runner)
         futures = [asyncio.create_task(batcher.run([i], [1], group="v1")) for i in range(1, 4)]
         await asyncio.sleep(0.01)
         depth_while_busy = batcher.queue_depth
-        gate.set()
+        runner.gate.set()
         await asyncio.gather(first, *futures)
         return depth_while_busy
 
@@ -218,11 +234,7 @@ def test_the_next_batch_of_a_round_is_handed_over_before_the_running_one_ends() 
 
 
 def test_stopping_fails_the_items_of_every_batch_of_the_round_not_finished() -> None:
-    release_first = threading.Event()
-    runner = RecordingRunner(release_first)
-    compute = ThreadPoolExecutor(max_workers=1)  # shared, as the service's: stop() does not wait for it
-
-    async def scenario() -> list:
+    async def scenario(runner: RecordingRunner, compute: ThreadPoolExecutor) -> list:
         batcher = MicroBatcher(runner, policy(max_batch_size=2), executor=compute)
         batcher.start()
         tasks = [asyncio.create_task(batcher.run([i, i], [1, 1], group="v1")) for i in range(3)]
@@ -231,21 +243,15 @@ def test_stopping_fails_the_items_of_every_batch_of_the_round_not_finished() -> 
         await batcher.stop()
         return await asyncio.gather(*tasks, return_exceptions=True)
 
-    try:
-        results = asyncio.run(asyncio.wait_for(scenario(), timeout=20))
-    finally:
-        release_first.set()
-        compute.shutdown(wait=True)
+    with held_shared_compute() as (runner, compute):
+        results = asyncio.run(asyncio.wait_for(scenario(runner, compute), timeout=20))
     assert len(results) == 3 and all(isinstance(r, NotReady) for r in results)  # nobody waits forever
 
 
 def test_a_second_cancellation_of_the_worker_strands_nobody() -> None:
     """A shutdown that is itself interrupted (cancelled again mid-cleanup) still fails every item."""
-    release_first = threading.Event()
-    runner = RecordingRunner(release_first)
-    compute = ThreadPoolExecutor(max_workers=1)
 
-    async def scenario() -> tuple[list, int]:
+    async def scenario(runner: RecordingRunner, compute: ThreadPoolExecutor) -> tuple[list, int]:
         batcher = MicroBatcher(runner, policy(max_batch_size=2), executor=compute)
         batcher.start()
         tasks = [asyncio.create_task(batcher.run([i, i], [1, 1], group="v1")) for i in range(4)]
@@ -257,11 +263,8 @@ def test_a_second_cancellation_of_the_worker_strands_nobody() -> None:
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
         return results, batcher.backlog
 
-    try:
-        results, backlog = asyncio.run(scenario())
-    finally:
-        release_first.set()
-        compute.shutdown(wait=True)
+    with held_shared_compute() as (runner, compute):
+        results, backlog = asyncio.run(scenario(runner, compute))
     assert len(results) == 4 and all(isinstance(r, NotReady) for r in results)
     assert backlog == 0  # admission control does not count work that will never run
 
@@ -318,11 +321,10 @@ def test_the_worker_waits_for_announced_requests_and_takes_them_in_the_same_batc
 
 
 def test_the_queue_bound_counts_tokens_and_refuses_a_request_whole() -> None:
-    runner = RecordingRunner(gate=threading.Event())
+    runner = held_runner()
 
     async def scenario(batcher: MicroBatcher) -> None:
-        first = asyncio.create_task(batcher.run([0], [1], group="v1"))  # occupies the worker
-        await wait_entered(runner)
+        first = await occupy_worker(batcher, runner)
         queued = batcher.submit([1, 2], [40, 40], group="v1")
         with pytest.raises(Overloaded, match="tokens pending"):
             batcher.submit([3], [30], group="v1")  # 80 + 30 > 100 tokens, though only 3 items

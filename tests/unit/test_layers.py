@@ -1,12 +1,15 @@
 """The dependency direction of app/: each module imports only from its own layer or the layers before it.
 
 1. config, schemas, errors, metrics, templating (pure text rules: schemas render conversations with it)
-2. model, tokenizer, heuristics, normalize, store, training/*, backends/*
+2. model, tokenizer, heuristics, normalize, store, training/*, backends/*, random_hf_models
 3. registry, batcher, watcher
 4. service
 5. api/*
 6. main, __main__
-The client and its trainer adapters talk HTTP only: they import no server module.
+The client, its trainer adapters and the load generator talk HTTP only: they import no server module.
+
+scripts/ and examples/ are thin entry points over public names of layers <= 3 (and the HTTP-only
+modules), never `sys.path` tricks or imports from tests/. The exceptions are named in SCRIPT_EXCEPTIONS.
 """
 
 from __future__ import annotations
@@ -21,13 +24,21 @@ APP = Path(__file__).resolve().parents[2] / "app"
 LAYERS = {
     "config": 1, "schemas": 1, "errors": 1, "metrics": 1, "templating": 1,
     "model": 2, "tokenizer": 2, "heuristics": 2, "normalize": 2, "store": 2, "training": 2,
-    "backends": 2,
+    "backends": 2, "random_hf_models": 2,
     "registry": 3, "batcher": 3, "watcher": 3,
     "service": 4,
     "api": 5, "middleware": 5,
     "main": 6, "__main__": 6,
 }  # fmt: skip
-HTTP_ONLY = {"client", "adapters"}
+HTTP_ONLY = {"client", "adapters", "loadgen"}
+REPO = APP.parent
+ENTRY_POINT_LAYER = 3  # scripts and examples may import public names of layers up to this one
+SCRIPT_EXCEPTIONS = {
+    # the benchmark cuts batches as the server does, with the server's own CPU token budget
+    "scripts/bench_serve.py": {"main"},
+    # renders README's example from the app itself, so that the README cannot drift from it
+    "scripts/readme_example.py": {"main"},
+}
 
 
 def top_module(dotted: str) -> str:
@@ -76,3 +87,41 @@ def test_nothing_imports_main() -> None:
         p.name for p in modules() if {"main", "__main__"} & app_imports(p) and module_key(p) != "__main__"
     ]
     assert not importers, f"main is the composition root; imported by {importers}"
+
+
+def entry_points() -> list[Path]:
+    return sorted([*(REPO / "scripts").glob("*.py"), *(REPO / "examples").glob("*.py")])
+
+
+def imported_names(tree: ast.AST) -> list[tuple[str, str]]:
+    """(module, name) of every `from X import name`, and (module, "") of every `import X`."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, "") for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found += [(node.module, alias.name) for alias in node.names]
+    return found
+
+
+def touches_sys_path(tree: ast.AST) -> bool:
+    return any(
+        isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", None) == "sys"
+        for node in ast.walk(tree)
+    )
+
+
+@pytest.mark.parametrize("path", entry_points(), ids=lambda p: str(p.relative_to(REPO)))
+def test_entry_points_import_public_names_of_early_layers_only(path: Path) -> None:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    imports = imported_names(tree)
+    rel = str(path.relative_to(REPO))
+    assert not touches_sys_path(tree), f"{rel}: no sys.path tricks; install the project (scripts/setup.sh)"
+    assert not [m for m, _ in imports if m == "tests" or m.startswith("tests.")], f"{rel} imports from tests/"
+    app_names = [(m, n) for m, n in imports if m == "app" or m.startswith("app.")]
+    private = [f"{m}.{n}" for m, n in app_names if n.startswith("_") or "._" in m]
+    assert not private, f"{rel} imports private names {private}"
+    modules = {top_module(m) if m != "app" else n for m, n in app_names}
+    allowed = SCRIPT_EXCEPTIONS.get(rel, set()) | HTTP_ONLY
+    late = {m for m in modules - allowed if LAYERS.get(m, 99) > ENTRY_POINT_LAYER}
+    assert not late, f"{rel} imports from layers after {ENTRY_POINT_LAYER}: {sorted(late)}"

@@ -66,13 +66,19 @@ def test_an_unexpected_load_error_is_explained_and_a_later_publish_is_picked_up(
     registry.close()
 
 
-def test_the_watcher_survives_running_out_of_file_descriptors(tmp_path: Path) -> None:
-    publish_tiny_version(tmp_path, "v1")
-    registry = ModelRegistry(tmp_path, device="cpu")
+def watcher_with_a_new_version(store: Path) -> tuple[ModelRegistry, ModelWatcher]:
+    """A registry serving v1 and its started watcher; v2 is published after the watcher's first look."""
+    publish_tiny_version(store, "v1")
+    registry = ModelRegistry(store, device="cpu")
     registry.activate(registry.load())
     watcher = ModelWatcher(registry, ServiceMetrics(), interval_s=0)
     watcher.start()
-    publish_tiny_version(tmp_path, "v2", seed=2)
+    publish_tiny_version(store, "v2", seed=2)
+    return registry, watcher
+
+
+def test_the_watcher_survives_running_out_of_file_descriptors(tmp_path: Path) -> None:
+    registry, watcher = watcher_with_a_new_version(tmp_path)
 
     async def poll() -> None:
         with no_free_file_descriptors():
@@ -117,12 +123,7 @@ def test_a_malformed_snapshot_never_stops_the_start(tmp_path: Path, snapshot: st
 
 
 def test_a_version_refused_for_lack_of_file_descriptors_is_retried_at_the_next_poll(tmp_path: Path) -> None:
-    publish_tiny_version(tmp_path, "v1")
-    registry = ModelRegistry(tmp_path, device="cpu")
-    registry.activate(registry.load())
-    watcher = ModelWatcher(registry, ServiceMetrics(), interval_s=0)
-    watcher.start()
-    publish_tiny_version(tmp_path, "v2", seed=2)
+    registry, watcher = watcher_with_a_new_version(tmp_path)
     release = threading.Event()
 
     def exhaust_descriptors_before_the_load(held: contextlib.ExitStack) -> None:

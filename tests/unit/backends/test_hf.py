@@ -10,9 +10,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from app import random_hf_models as hf_models  # noqa: E402
 from app.backends import EncodeError  # noqa: E402
 from app.backends.hf import HFBackend, HFSpec  # noqa: E402
-from tests import hf_models  # noqa: E402
 
 PROMPTS = ["How do I boil an egg?", "hi", "Tell me about rivers and mountains. " * 6]
 RESPONSES = ["Put it in boiling water for eight minutes.", "Hello! How can I help?", "Rivers run down."]

@@ -1,4 +1,6 @@
-"""transformers is optional: only app/backends/hf.py imports it, and only when an HF version loads."""
+"""transformers is optional: of the serving code only app/backends/hf.py imports it, and only when an HF
+version loads. app/random_hf_models.py (tiny random checkpoints for tests and benchmarks) imports it too,
+inside its functions, and no other module of app/ imports it."""
 
 from __future__ import annotations
 
@@ -20,9 +22,18 @@ def imports_transformers(path: Path) -> bool:
     return False
 
 
-def test_only_the_hf_backend_imports_transformers() -> None:
+def test_only_the_hf_backend_and_the_random_model_builders_import_transformers() -> None:
     importers = sorted(str(p.relative_to(APP)) for p in APP.rglob("*.py") if imports_transformers(p))
-    assert importers == ["backends/hf.py"]
+    assert importers == ["backends/hf.py", "random_hf_models.py"]
+
+
+def test_no_module_of_app_imports_the_random_model_builders() -> None:
+    importers = [
+        p.name
+        for p in APP.rglob("*.py")
+        if "random_hf_models" in p.read_text() and p.name != "random_hf_models.py"
+    ]
+    assert importers == []
 
 
 def test_serving_a_native_version_does_not_import_transformers(tiny_model_store: Path) -> None:

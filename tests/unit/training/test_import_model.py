@@ -12,12 +12,12 @@ from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
 
+from app import random_hf_models as hf_models  # noqa: E402
 from app.backends.hf import HF_DIR  # noqa: E402
 from app.errors import CheckpointError  # noqa: E402
 from app.store import load_version, read_current, verify_version  # noqa: E402
 from app.training.evaluate import main as evaluate  # noqa: E402
 from app.training.import_model import import_model, main  # noqa: E402
-from tests import hf_models  # noqa: E402
 
 PAIRS = [hf_models.DATA / "hh_harmless_sample.jsonl"]
 PROMPTS = ["How do I boil an egg?", "hi"]

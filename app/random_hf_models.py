@@ -1,5 +1,8 @@
 """Tiny random Hugging Face reward models built locally (no hub): a tokenizer trained on the bundled
-sample, a config, `save_pretrained(safe_serialization=True)`. Needs `transformers` (the [hf] extra)."""
+sample, a config, `save_pretrained(safe_serialization=True)`. Needs `transformers` (the [hf] extra).
+
+For tests of the Hugging Face backend and for benchmarks of it (scripts/make_random_hf_model.py): their
+rewards mean nothing. Nothing on the serving path imports this module."""
 
 from __future__ import annotations
 
