@@ -11,13 +11,13 @@ from dataclasses import fields
 
 from fastapi import FastAPI
 
-from app.api import admin, compat, health, model, score
-from app.api import metrics as metrics_api
-from app.api.errors import install_error_handlers
-from app.api.metrics import MetricsMiddleware
+from app.api import admin, compat, model_info, operations, score, stats
+from app.api.error_handlers import install_error_handlers
 from app.api.middleware import (
     BodySizeLimitMiddleware,
     CanonicalPathMiddleware,
+    HardeningMiddleware,
+    MetricsMiddleware,
     RequestIdMiddleware,
     UnexpectedErrorMiddleware,
 )
@@ -25,7 +25,6 @@ from app.batcher import BatchPolicy, MicroBatcher
 from app.config import Settings
 from app.heuristics import HeuristicConfig
 from app.metrics import ServiceMetrics
-from app.middleware import HardeningMiddleware
 from app.normalize import RunningStats, write_snapshot
 from app.registry import ModelRegistry, configure_torch_threads
 from app.service import (
@@ -180,7 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()  # built here, not in the lifespan: the middleware needs it
     install_error_handlers(app)
-    routers = (score.router, health.router, model.router, admin.router, metrics_api.router, compat.router)
+    routers = (score.router, operations.router, model_info.router, stats.router, admin.router, compat.router)
     for router in routers:
         app.include_router(router)
     app.add_middleware(UnexpectedErrorMiddleware)  # innermost: an unexpected error ends as a 500 here

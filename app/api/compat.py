@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.api.deps import Service, get_settings
-from app.api.errors import error_docs
+from app.api.error_handlers import error_docs
 from app.api.score import CLIENT_CLOSED, ClientGone, run_while_connected
 from app.batcher import AdmissionPolicy
 from app.errors import InvalidInput, NotFound, ServerBusy

@@ -10,7 +10,7 @@ from typing import TypeVar
 from fastapi import APIRouter, Request, Response
 
 from app.api.deps import Service, get_settings
-from app.api.errors import error_docs
+from app.api.error_handlers import error_docs
 from app.errors import RequestTimeout
 from app.schemas import ScoreBatchRequest, ScoreBatchResponse, ScoreRequest, ScoreResponse
 
