@@ -11,7 +11,7 @@ from dataclasses import fields
 
 from fastapi import FastAPI
 
-from app.api import admin, compat, model_info, operations, score, stats
+from app.api import admin, model_info, openai, openrlhf, operations, score, stats
 from app.api.error_handlers import install_error_handlers
 from app.api.middleware import (
     BodySizeLimitMiddleware,
@@ -179,7 +179,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()  # built here, not in the lifespan: the middleware needs it
     install_error_handlers(app)
-    routers = (score.router, operations.router, model_info.router, stats.router, admin.router, compat.router)
+    routers = (
+        score.router,
+        operations.router,
+        model_info.router,
+        stats.router,
+        admin.router,
+        openrlhf.router,
+        openai.router,
+    )
     for router in routers:
         app.include_router(router)
     app.add_middleware(UnexpectedErrorMiddleware)  # innermost: an unexpected error ends as a 500 here

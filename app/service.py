@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # requests waiting for a tokenizer thread, per thread, before more are refused with 429 at once
 PENDING_PER_TOKENIZE_THREAD = 64
 MODEL_FAILED = "the model cannot serve: it fails its known-good canary input too (see the server log)"
+# where a request body holds item `index`'s "prompt" or "response": the `loc` of an error about that text
+TextLocator = Callable[[int, str], list]
 
 
 @dataclass(frozen=True)
@@ -129,14 +131,14 @@ def canary_passes(version: LoadedVersion) -> bool:
 
 
 def encode_request(
-    version: LoadedVersion, pairs: Sequence[Pair], heuristics: HeuristicConfig, batch: bool
+    version: LoadedVersion, pairs: Sequence[Pair], heuristics: HeuristicConfig, locate: TextLocator
 ) -> list[PairPayload]:
     """Admission work of one request (a tokenizer thread): exact ids and the heuristic of every item;
     InvalidInput naming the field when a text cannot be encoded."""
     try:
         ids = version.backend.encode([p.prompt for p in pairs], [p.response for p in pairs])
     except EncodeError as exc:
-        loc = text_loc(exc.index, exc.field, batch)
+        loc = locate(exc.index, exc.field)
         raise InvalidInput(
             f"cannot encode the {exc.field}: {exc.reason}", [{"loc": loc, "msg": exc.reason}]
         ) from exc
@@ -161,7 +163,7 @@ class Admission:
         self,
         version: LoadedVersion,
         pairs: Sequence[Pair],
-        batch: bool,
+        locate: TextLocator,
         policy: AdmissionPolicy = FAST_REFUSAL,
     ) -> list[PairPayload]:
         """Exact ids and heuristics of a request's items; callers that cannot back off (`policy.holds`)
@@ -175,7 +177,7 @@ class Admission:
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
-                self._pool, encode_request, version, pairs, self.heuristics, batch
+                self._pool, encode_request, version, pairs, self.heuristics, locate
             )
         finally:
             self.pending -= 1
@@ -184,11 +186,9 @@ class Admission:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def text_loc(index: int, name: str, batch: bool) -> list:
-    return ["body", "items", index, name] if batch else ["body", name]
-
-
-def check_limits(pairs: Sequence[Pair], defaults: ScoringDefaults, batch: bool, max_items: int) -> None:
+def check_limits(
+    pairs: Sequence[Pair], defaults: ScoringDefaults, locate: TextLocator, max_items: int
+) -> None:
     """Refuse too many items or too long texts, naming each field at fault and the limit."""
     if len(pairs) > max_items:
         raise InvalidInput(
@@ -203,7 +203,7 @@ def check_limits(pairs: Sequence[Pair], defaults: ScoringDefaults, batch: bool, 
             ],
         )
     details = [
-        {"loc": text_loc(index, name, batch), "msg": "text too long", "limit": defaults.max_text_chars,
+        {"loc": locate(index, name), "msg": "text too long", "limit": defaults.max_text_chars,
          "got": len(text)}
         for index, pair in enumerate(pairs)
         for name, text in (("prompt", pair.prompt), ("response", pair.response))
@@ -253,18 +253,18 @@ class ScoringService:
         self,
         pairs: Sequence[Pair],
         options: ScoreOptions,
-        batch: bool,
+        locate: TextLocator,
         policy: AdmissionPolicy = FAST_REFUSAL,
         max_items: int | None = None,
     ) -> ScoreBatchResponse:
-        """Score pairs with one model version; `batch` says whether they came as /score_batch items.
+        """Score pairs with one model version; `locate` says where the request holds each text.
         Per route: `policy` says how a busy server admits them (trainers that cannot back off wait),
         `max_items` replaces the default item limit (a whole rollout in one request)."""
-        check_limits(pairs, self.defaults, batch, max_items or self.defaults.max_items)
+        check_limits(pairs, self.defaults, locate, max_items or self.defaults.max_items)
         version = self.live_version()  # captured once: every item of this request uses it
         self.batcher.check_admission(policy)  # refused before anything is spent on it when the queue is long
         with self.batcher.incoming():  # the batcher waits for these items rather than start without them
-            payloads = await self.admission.encode(version, pairs, batch, policy)
+            payloads = await self.admission.encode(version, pairs, locate, policy)
         lengths = [len(p.ids) for p in payloads]
         parts: list[ItemParts] = await self.batcher.run(payloads, lengths, id(version), policy)
         return self._finish(parts, options, version.version, sum(lengths))
