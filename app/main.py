@@ -58,11 +58,6 @@ def batch_policy(settings: Settings, device_type: str) -> BatchPolicy:
     )
 
 
-def scoring_defaults(settings: Settings) -> ScoringDefaults:
-    names = {f.name for f in fields(ScoringDefaults)}
-    return ScoringDefaults(**settings.model_dump(include=names))
-
-
 def heuristics_of(settings: Settings) -> HeuristicConfig:
     weights = {f.name for f in fields(HeuristicConfig)} - {"toxic_keywords"}
     return heuristic_config(settings.toxic_keywords, **settings.model_dump(include=weights))
@@ -137,7 +132,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         executor=registry.compute,  # forward passes and model loads share the one torch thread
     )
     metrics.track_queue_depth(lambda: batcher.queue_depth)
-    stats, defaults = running_stats_of(settings), scoring_defaults(settings)
+    stats, defaults = running_stats_of(settings), ScoringDefaults.from_settings(settings)
     admission = Admission(heuristics_of(settings), settings.tokenize_threads, settings.retry_after_s)
     service = ScoringService(registry, batcher, admission, health, stats, defaults, metrics)
     watcher = ModelWatcher(registry, metrics, settings.reload_interval)

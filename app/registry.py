@@ -18,6 +18,7 @@ from typing import TypeVar
 import torch
 
 from app.backends.choice import ONNX_PATHS, MeasuredBackend, candidate_names, measure_execution
+from app.backends.devices import TORCH_DTYPES
 from app.backends.onnx import onnx_available
 from app.errors import CheckpointError
 from app.store import (
@@ -32,7 +33,6 @@ from app.store import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # fixed inputs of the warm-up forward: short, ordinary, empty-ish and longer than most models' max_len
 CANARY_PAIRS = (
     ("How do I boil an egg?", "Put it in boiling water for about eight minutes, then cool it in cold water."),
@@ -60,7 +60,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.float32
     if name == "float16" and device.type != "cuda":
         raise CheckpointError(f"REWARD_DTYPE=float16 needs a CUDA device; on {device.type} use float32")
-    return torch.float32 if name == "auto" else DTYPES[name]
+    return torch.float32 if name == "auto" else TORCH_DTYPES[name]
 
 
 def enable_tf32(device: torch.device) -> None:

@@ -7,7 +7,7 @@ message lists) become pairs with app.templating, as the trainer adapters' conver
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -19,9 +19,9 @@ from pydantic import (
     model_validator,
 )
 
+from app.config import NormalizeMode
 from app.templating import split_conversation
 
-NormalizeMode = Literal["none", "batch", "running"]
 NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 
 

@@ -12,10 +12,11 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from app.backends import EncodeError
 from app.batcher import FAST_REFUSAL, AdmissionPolicy, MicroBatcher
+from app.config import NormalizeMode, Settings
 from app.errors import InferenceError, InvalidInput, NotReady
 from app.heuristics import DEFAULT_TOXIC_KEYWORDS, HeuristicConfig, HeuristicScore, heuristic_score
 from app.metrics import ServiceMetrics
@@ -34,15 +35,20 @@ TextLocator = Callable[[int, str], list]
 
 @dataclass(frozen=True)
 class ScoringDefaults:
-    """Server-side defaults and limits of a scoring request."""
+    """Server-side defaults and limits of a scoring request: the Settings fields of the same names
+    (app/config.py says what each means and holds its default)."""
 
-    alpha: float = 0.5
-    beta: float = 0.5
-    normalize: str = "none"
-    clip: float | None = None
-    max_items: int = 256
-    max_text_chars: int = 20000
-    unready_after_failures: int = 3  # model failures in a row (its canary failed too) before /readyz 503
+    alpha: float
+    beta: float
+    normalize: NormalizeMode
+    clip: float | None
+    max_items: int
+    max_text_chars: int
+    unready_after_failures: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ScoringDefaults:
+        return cls(**settings.model_dump(include={f.name for f in fields(cls)}))
 
 
 @dataclass(frozen=True)

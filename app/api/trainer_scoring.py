@@ -22,8 +22,9 @@ from pydantic import ValidationError
 from app.api.cancellation import run_while_connected
 from app.api.deps import get_settings
 from app.batcher import AdmissionPolicy
+from app.config import NormalizeMode
 from app.errors import InvalidInput, ServerBusy
-from app.schemas import NormalizeMode, Pair, ScoreBatchResponse, ScoreOptions, Texts
+from app.schemas import Pair, ScoreBatchResponse, ScoreOptions, Texts
 from app.service import ScoringService, TextLocator
 from app.templating import split_templated
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from app.batcher import BatchPolicy, BatchReport, MicroBatcher
+from app.config import Settings
 from app.errors import InferenceError, InvalidInput, NotReady, Overloaded
 from app.normalize import RunningStats
 from app.registry import ModelRegistry
@@ -48,7 +49,12 @@ def build_service(store: Path, policy: BatchPolicy, reports: list[BatchReport]) 
     admission = Admission(heuristic_config())
     stats = RunningStats(0.99, 1e-6, 16)
     return ScoringService(
-        registry, batcher, admission, health, stats, ScoringDefaults(unready_after_failures=2)
+        registry,
+        batcher,
+        admission,
+        health,
+        stats,
+        ScoringDefaults.from_settings(Settings(unready_after_failures=2)),
     )
 
 
