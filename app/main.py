@@ -11,6 +11,7 @@ from dataclasses import fields
 
 from fastapi import FastAPI
 
+from app.admission import Admission
 from app.api import admin, model_info, openai, openrlhf, operations, score, stats
 from app.api.error_handlers import install_error_handlers
 from app.api.middleware import (
@@ -27,14 +28,7 @@ from app.heuristics import HeuristicConfig
 from app.metrics import ServiceMetrics
 from app.normalize import RunningStats, write_snapshot
 from app.registry import ModelRegistry, configure_torch_threads
-from app.service import (
-    Admission,
-    BatchScorer,
-    ModelHealth,
-    ScoringDefaults,
-    ScoringService,
-    heuristic_config,
-)
+from app.service import BatchScorer, ModelHealth, ScoringDefaults, ScoringService, heuristic_config
 from app.store import remove_stale_temporaries
 from app.watcher import ModelWatcher
 

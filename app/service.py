@@ -7,18 +7,16 @@ compute thread: forward, calibration) -> hybrid reward -> normalization -> clipp
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-from app.backends import EncodeError
-from app.batcher import FAST_REFUSAL, AdmissionPolicy, MicroBatcher
+from app.admission import FAST_REFUSAL, Admission, AdmissionPolicy, PairPayload, TextLocator
+from app.batcher import MicroBatcher
 from app.config import NormalizeMode, Settings
 from app.errors import InferenceError, InvalidInput, NotReady
-from app.heuristics import DEFAULT_TOXIC_KEYWORDS, HeuristicConfig, HeuristicScore, heuristic_score
+from app.heuristics import DEFAULT_TOXIC_KEYWORDS, HeuristicConfig, HeuristicScore
 from app.metrics import ServiceMetrics
 from app.normalize import RunningStats, batch_zscore, clip, hybrid, mixing_weights
 from app.registry import CANARY_PAIRS, ModelRegistry
@@ -26,11 +24,7 @@ from app.schemas import HeuristicParts, ItemScore, Pair, ScoreBatchResponse, Sco
 from app.store import LoadedVersion
 
 log = logging.getLogger(__name__)
-# requests waiting for a tokenizer thread, per thread, before more are refused with 429 at once
-PENDING_PER_TOKENIZE_THREAD = 64
 MODEL_FAILED = "the model cannot serve: it fails its known-good canary input too (see the server log)"
-# where a request body holds item `index`'s "prompt" or "response": the `loc` of an error about that text
-TextLocator = Callable[[int, str], list]
 
 
 @dataclass(frozen=True)
@@ -49,15 +43,6 @@ class ScoringDefaults:
     @classmethod
     def from_settings(cls, settings: Settings) -> ScoringDefaults:
         return cls(**settings.model_dump(include={f.name for f in fields(cls)}))
-
-
-@dataclass(frozen=True)
-class PairPayload:
-    """One item on its way through the batcher, pinned to the version its request captured."""
-
-    ids: list[int]  # exactly what the model reads (rendered, truncated)
-    heuristic: HeuristicScore
-    version: LoadedVersion
 
 
 @dataclass(frozen=True)
@@ -134,62 +119,6 @@ def canary_passes(version: LoadedVersion) -> bool:
     except Exception:
         log.exception("model version %s fails its canary input", version.version)
         return False
-
-
-def encode_request(
-    version: LoadedVersion, pairs: Sequence[Pair], heuristics: HeuristicConfig, locate: TextLocator
-) -> list[PairPayload]:
-    """Admission work of one request (a tokenizer thread): exact ids and the heuristic of every item;
-    InvalidInput naming the field when a text cannot be encoded."""
-    try:
-        ids = version.backend.encode([p.prompt for p in pairs], [p.response for p in pairs])
-    except EncodeError as exc:
-        loc = locate(exc.index, exc.field)
-        raise InvalidInput(
-            f"cannot encode the {exc.field}: {exc.reason}", [{"loc": loc, "msg": exc.reason}]
-        ) from exc
-    return [
-        PairPayload(one, heuristic_score(p.response, heuristics), version)
-        for one, p in zip(ids, pairs, strict=True)
-    ]
-
-
-class Admission:
-    """Encodes requests at admission on a few dedicated threads (never the event loop, never the compute
-    thread); beyond `threads * PENDING_PER_TOKENIZE_THREAD` requests waiting, Overloaded at once."""
-
-    def __init__(self, heuristics: HeuristicConfig, threads: int = 2, retry_after_s: int = 1):
-        self.heuristics = heuristics
-        self.max_pending = threads * PENDING_PER_TOKENIZE_THREAD
-        self.retry_after_s = retry_after_s
-        self.pending = 0
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tokenize")
-
-    async def encode(
-        self,
-        version: LoadedVersion,
-        pairs: Sequence[Pair],
-        locate: TextLocator,
-        policy: AdmissionPolicy = FAST_REFUSAL,
-    ) -> list[PairPayload]:
-        """Exact ids and heuristics of a request's items; callers that cannot back off (`policy.holds`)
-        wait for a tokenizer thread instead of being refused when many requests are waiting."""
-        if self.pending >= self.max_pending and not policy.holds:
-            raise policy.overload_error(
-                f"{self.pending} requests are waiting to be tokenized; retry later",
-                retry_after=self.retry_after_s,
-            )
-        self.pending += 1
-        try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._pool, encode_request, version, pairs, self.heuristics, locate
-            )
-        finally:
-            self.pending -= 1
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def check_limits(

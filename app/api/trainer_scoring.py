@@ -19,13 +19,13 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from app.admission import AdmissionPolicy, TextLocator
 from app.api.cancellation import run_while_connected
 from app.api.deps import get_settings
-from app.batcher import AdmissionPolicy
 from app.config import NormalizeMode
 from app.errors import InvalidInput, ServerBusy
 from app.schemas import Pair, ScoreBatchResponse, ScoreOptions, Texts
-from app.service import ScoringService, TextLocator
+from app.service import ScoringService
 from app.templating import split_templated
 
 SPLIT_HELP = (

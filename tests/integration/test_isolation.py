@@ -20,22 +20,14 @@ import httpx
 import pytest
 import torch
 
+from app.admission import Admission, PairPayload, encode_request
 from app.batcher import BatchPolicy, BatchReport, MicroBatcher
 from app.config import Settings
 from app.errors import InferenceError, InvalidInput, NotReady, Overloaded
 from app.normalize import RunningStats
 from app.registry import ModelRegistry
 from app.schemas import Pair, ScoreBatchRequest, ScoreOptions, ScoreRequest
-from app.service import (
-    Admission,
-    BatchScorer,
-    ModelHealth,
-    PairPayload,
-    ScoringDefaults,
-    ScoringService,
-    encode_request,
-    heuristic_config,
-)
+from app.service import BatchScorer, ModelHealth, ScoringDefaults, ScoringService, heuristic_config
 from tests.conftest import RunningServer, sample_texts, start_server
 
 INNOCENT = [Pair(prompt=text, response=text[::-1]) for text in sample_texts(7, seed=5)]
