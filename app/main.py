@@ -22,12 +22,13 @@ from app.api.middleware import (
     RequestIdMiddleware,
     UnexpectedErrorMiddleware,
 )
+from app.backends.devices import configure_torch_threads
 from app.batcher import BatchPolicy, MicroBatcher
 from app.config import Settings
 from app.heuristics import HeuristicConfig
 from app.metrics import ServiceMetrics
 from app.normalize import RunningStats, write_snapshot
-from app.registry import ModelRegistry, configure_torch_threads
+from app.registry import ModelRegistry
 from app.service import BatchScorer, ModelHealth, ScoringDefaults, ScoringService, heuristic_config
 from app.store import remove_stale_temporaries
 from app.watcher import ModelWatcher

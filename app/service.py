@@ -13,13 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from app.admission import FAST_REFUSAL, Admission, AdmissionPolicy, PairPayload, TextLocator
+from app.backends.warmup import CANARY_PAIRS
 from app.batcher import MicroBatcher
 from app.config import NormalizeMode, Settings
 from app.errors import InferenceError, InvalidInput, NotReady
 from app.heuristics import DEFAULT_TOXIC_KEYWORDS, HeuristicConfig, HeuristicScore
 from app.metrics import ServiceMetrics
 from app.normalize import RunningStats, batch_zscore, clip, hybrid, mixing_weights
-from app.registry import CANARY_PAIRS, ModelRegistry
+from app.registry import ModelRegistry
 from app.schemas import HeuristicParts, ItemScore, Pair, ScoreBatchResponse, ScoreOptions
 from app.store import LoadedVersion
 

@@ -47,16 +47,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from app.backends.devices import configure_torch_threads, resolve_device, resolve_dtype  # noqa: E402
+from app.backends.warmup import forward_raw  # noqa: E402
 from app.batcher import BatchPolicy, WorkItem, cut_batches  # noqa: E402
 from app.errors import CheckpointError  # noqa: E402
 from app.main import AUTO_BATCH_TOKENS  # noqa: E402
-from app.registry import (  # noqa: E402
-    ModelRegistry,
-    configure_torch_threads,
-    forward_raw,
-    resolve_device,
-    resolve_dtype,
-)
+from app.registry import ModelRegistry  # noqa: E402
 from app.schemas import ScoreRequest  # noqa: E402
 from app.store import LoadedVersion, read_current  # noqa: E402
 

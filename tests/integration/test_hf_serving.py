@@ -13,7 +13,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from app.registry import forward_raw  # noqa: E402
+from app.backends.warmup import forward_raw  # noqa: E402
 from app.store import load_version, set_current  # noqa: E402
 from app.training.import_model import import_model  # noqa: E402
 from tests import hf_models  # noqa: E402
