@@ -13,9 +13,10 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from app.api.connections import bounded_h11
 from app.config import Settings
+from app.logs import logging_config
 from app.main import create_app
-from app.middleware import bounded_h11, logging_config
 
 log = logging.getLogger("app")
 # file descriptors beyond the connections: the model store, snapshots, logs, torch's and Python's own

@@ -35,7 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.errors import InferenceError, NotReady, Overloaded
+from app.admission import FAST_REFUSAL, AdmissionPolicy
+from app.errors import InferenceError, NotReady
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +62,6 @@ class BatchPolicy:
             raise ValueError(f"batch size, token budget and queue bounds must be >= 1: {self}")
         if self.max_wait_s < 0 or self.max_queue_wait_s < 0:
             raise ValueError(f"max_wait_s and max_queue_wait_s must be >= 0: {self}")
-
-
-@dataclass(frozen=True)
-class AdmissionPolicy:
-    """How one call is admitted when the server is busy; None fields keep the BatchPolicy's values.
-
-    Callers that honour Retry-After are refused fast; callers that cannot back off (trainers with fixed
-    retries) are held in the queue for longer and refused with an error they do retry."""
-
-    max_queue_wait_s: float | None = None  # refuse when the expected queue wait is longer (0 = no limit)
-    overload_error: type[Overloaded] = Overloaded  # raised on refusal; the API layer maps it to a status
-    holds: bool = False  # wait for a tokenizer thread rather than be refused when many requests wait
-
-
-FAST_REFUSAL = AdmissionPolicy()  # the BatchPolicy's limits, refused with Overloaded
 
 
 @dataclass

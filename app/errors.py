@@ -1,4 +1,5 @@
-"""The few domain errors. The API layer maps each to one HTTP status in one place (app/api/errors.py)."""
+"""The few domain errors. The API layer maps each to one HTTP status in one place
+(app/api/error_handlers.py)."""
 
 from __future__ import annotations
 

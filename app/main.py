@@ -11,31 +11,25 @@ from dataclasses import fields
 
 from fastapi import FastAPI
 
-from app.api import admin, compat, health, model, score
-from app.api import metrics as metrics_api
-from app.api.errors import install_error_handlers
-from app.api.metrics import MetricsMiddleware
+from app.admission import Admission
+from app.api import admin, model_info, openai, openrlhf, operations, score, stats
+from app.api.error_handlers import install_error_handlers
 from app.api.middleware import (
     BodySizeLimitMiddleware,
     CanonicalPathMiddleware,
+    HardeningMiddleware,
+    MetricsMiddleware,
     RequestIdMiddleware,
     UnexpectedErrorMiddleware,
 )
+from app.backends.devices import configure_torch_threads
 from app.batcher import BatchPolicy, MicroBatcher
 from app.config import Settings
 from app.heuristics import HeuristicConfig
 from app.metrics import ServiceMetrics
-from app.middleware import HardeningMiddleware
 from app.normalize import RunningStats, write_snapshot
-from app.registry import ModelRegistry, configure_torch_threads
-from app.service import (
-    Admission,
-    BatchScorer,
-    ModelHealth,
-    ScoringDefaults,
-    ScoringService,
-    heuristic_config,
-)
+from app.registry import ModelRegistry
+from app.service import BatchScorer, ModelHealth, ScoringDefaults, ScoringService, heuristic_config
 from app.store import remove_stale_temporaries
 from app.watcher import ModelWatcher
 
@@ -57,11 +51,6 @@ def batch_policy(settings: Settings, device_type: str) -> BatchPolicy:
         retry_after_s=settings.retry_after_s,
         max_queue_wait_s=settings.max_queue_wait_s,
     )
-
-
-def scoring_defaults(settings: Settings) -> ScoringDefaults:
-    names = {f.name for f in fields(ScoringDefaults)}
-    return ScoringDefaults(**settings.model_dump(include=names))
 
 
 def heuristics_of(settings: Settings) -> HeuristicConfig:
@@ -138,7 +127,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         executor=registry.compute,  # forward passes and model loads share the one torch thread
     )
     metrics.track_queue_depth(lambda: batcher.queue_depth)
-    stats, defaults = running_stats_of(settings), scoring_defaults(settings)
+    stats, defaults = running_stats_of(settings), ScoringDefaults.from_settings(settings)
     admission = Admission(heuristics_of(settings), settings.tokenize_threads, settings.retry_after_s)
     service = ScoringService(registry, batcher, admission, health, stats, defaults, metrics)
     watcher = ModelWatcher(registry, metrics, settings.reload_interval)
@@ -180,7 +169,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()  # built here, not in the lifespan: the middleware needs it
     install_error_handlers(app)
-    routers = (score.router, health.router, model.router, admin.router, metrics_api.router, compat.router)
+    routers = (
+        score.router,
+        operations.router,
+        model_info.router,
+        stats.router,
+        admin.router,
+        openrlhf.router,
+        openai.router,
+    )
     for router in routers:
         app.include_router(router)
     app.add_middleware(UnexpectedErrorMiddleware)  # innermost: an unexpected error ends as a 500 here

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -18,7 +17,9 @@ from typing import TypeVar
 import torch
 
 from app.backends.choice import ONNX_PATHS, MeasuredBackend, candidate_names, measure_execution
+from app.backends.devices import enable_tf32, resolve_device, resolve_dtype
 from app.backends.onnx import onnx_available
+from app.backends.warmup import warm_up
 from app.errors import CheckpointError
 from app.store import (
     DEFAULT_MAX_MODEL_BYTES,
@@ -32,44 +33,6 @@ from app.store import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# fixed inputs of the warm-up forward: short, ordinary, empty-ish and longer than most models' max_len
-CANARY_PAIRS = (
-    ("How do I boil an egg?", "Put it in boiling water for about eight minutes, then cool it in cold water."),
-    ("Hi", "Hello! How can I help you today?"),
-    ("?", "."),
-    ("Tell me a long story. " * 40, "Once upon a time there was a reward model. " * 60),
-)
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; asking for cuda without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError("REWARD_DEVICE=cuda but no CUDA device is available; use auto or cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto -> on a CPU float32, the reference (app.backends.choice then measures the alternatives at each
-    load); on a CUDA device bfloat16 where supported (float16 on older ones); float16 only on CUDA."""
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if name == "float16" and device.type != "cuda":
-        raise CheckpointError(f"REWARD_DTYPE=float16 needs a CUDA device; on {device.type} use float32")
-    return torch.float32 if name == "auto" else DTYPES[name]
-
-
-def enable_tf32(device: torch.device) -> None:
-    """float32 matmuls on CUDA in TF32 (10-bit mantissa, tensor cores): used when REWARD_DTYPE=float32,
-    whose rewards then move by far less than the bf16 default's tolerance."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
 
 def prepare_for_serving(version: LoadedVersion, dtype: torch.dtype, device: torch.device) -> None:
     """Ready a loaded version to serve in `dtype` on `device` (its backend checks that the checkpoint can
@@ -78,35 +41,6 @@ def prepare_for_serving(version: LoadedVersion, dtype: torch.dtype, device: torc
         version.backend.prepare(dtype, device)
     except CheckpointError as exc:
         raise CheckpointError(f"version {version.version}: {exc}") from exc
-
-
-def configure_torch_threads(threads: int) -> None:
-    """Intra-op threads for the forward pass; one inter-op thread since batches run one at a time."""
-    torch.set_num_threads(threads)
-    if torch.get_num_interop_threads() != 1:
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:  # only settable before the first parallel work; harmless if too late
-            log.debug("inter-op threads already fixed at %d", torch.get_num_interop_threads())
-
-
-def forward_raw(version: LoadedVersion, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-    """Raw model outputs for pairs, in input order (encode and forward in one call: warm-up, benchmarks)."""
-    return version.backend.forward(version.backend.encode(prompts, responses))
-
-
-def warm_up(version: LoadedVersion, dtype: torch.dtype) -> None:
-    """Score the canary pairs alone and together; refuse non-finite or batch-dependent rewards."""
-    prompts, responses = zip(*CANARY_PAIRS, strict=True)
-    together = forward_raw(version, prompts, responses)
-    alone = [forward_raw(version, [p], [r])[0] for p, r in CANARY_PAIRS]
-    if not all(math.isfinite(x) for x in together + alone):
-        raise CheckpointError(f"version {version.version}: non-finite rewards on canary inputs: {together}")
-    drift = max(abs(a - b) for a, b in zip(together, alone, strict=True))
-    # a few units in the last place of the compute dtype (bf16: 2^-7) are rounding, not a batching bug
-    eps = version.execution.path.eps if version.execution else torch.finfo(dtype).eps
-    if drift > max(1e-3, 4 * eps) * max(1.0, max(abs(x) for x in alone)):
-        raise CheckpointError(f"version {version.version}: rewards change with batching (by {drift:.3g})")
 
 
 class ModelRegistry:

@@ -7,7 +7,7 @@ message lists) become pairs with app.templating, as the trainer adapters' conver
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -19,9 +19,9 @@ from pydantic import (
     model_validator,
 )
 
+from app.config import NormalizeMode
 from app.templating import split_conversation
 
-NormalizeMode = Literal["none", "batch", "running"]
 NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 
 
@@ -139,6 +139,11 @@ class ScoreRequest(ScoreOptions, Pair):
     def pairs(self) -> list[Pair]:
         return [Pair(prompt=self.prompt, response=self.response)]
 
+    @staticmethod
+    def text_loc(index: int, field: str) -> list:
+        """Where this body holds an item's prompt or response, for error details."""
+        return ["body", field]
+
 
 class ScoreBatchRequest(ScoreOptions):
     items: list[Pair] = Field(
@@ -156,6 +161,11 @@ class ScoreBatchRequest(ScoreOptions):
 
     def pairs(self) -> list[Pair]:
         return self.items
+
+    @staticmethod
+    def text_loc(index: int, field: str) -> list:
+        """Where this body holds an item's prompt or response, for error details."""
+        return ["body", "items", index, field]
 
 
 def render_item(item: Any, index: int) -> Any:
@@ -260,3 +270,91 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# Trainer-compatible endpoints (/get_reward, /classify, /v1/embeddings): other clients' wire formats.
+Texts = str | list[str] | list[int] | list[list[int]]
+
+
+class CompatModel(BaseModel):
+    # other clients' bodies carry fields we have no use for (user, priority, ...): ignored, not refused
+    model_config = ConfigDict(extra="ignore")
+
+
+class GetRewardRequest(CompatModel):
+    query: list[str] = Field(description="Full templated prompt + response texts.")
+    prompts: list[str] | None = Field(None, description="The templated prompt of each query (its prefix).")
+    labels: list[Any] | None = Field(None, description="Reference answers; accepted and not used.")
+
+    @staticmethod
+    def text_loc(index: int, field: str) -> list:
+        """Both parts of an item come from its one query text."""
+        return ["body", "query", index]
+
+
+class GetRewardResponse(BaseModel):
+    rewards: list[float] = Field(description="The final reward of each query, in order.")
+    scores: list[float] = Field(description="The same rewards (OpenRLHF uses them for dynamic filtering).")
+    extra_logs: dict[str, list[float]] = Field(
+        description="Per-query parts OpenRLHF logs as means; both keys are always there."
+    )
+
+
+class TextsRequest(CompatModel):
+    model: str | None = Field(None, description="Any name; the live model version answers.")
+    input: Texts | None = Field(None, description="Templated prompt + response text(s). Not token ids.")
+
+    def text_loc(self, index: int, field: str) -> list:
+        """Both parts of an item come from its one input text."""
+        return ["body", "input", index]
+
+
+class ClassifyRequest(TextsRequest):
+    messages: list[ChatMessage] | None = Field(
+        None, min_length=1, description="vLLM's chat form instead of `input`: one conversation, ending with "
+        "the assistant's response, rendered as the trainer adapters render conversations.",
+    )  # fmt: skip
+    use_activation: bool | None = Field(None, description="Sigmoid of the reward (default), or the raw one.")
+    activation: bool | None = Field(None, description="Older name of use_activation.")
+
+    @model_validator(mode="after")
+    def check_one_form(self) -> ClassifyRequest:
+        if (self.input is None) == (self.messages is None):
+            raise ValueError("send `input` (templated texts) or `messages` (one conversation), exactly one")
+        return self
+
+    def text_loc(self, index: int, field: str) -> list:
+        return ["body", "messages"] if self.messages is not None else super().text_loc(index, field)
+
+
+class ClassifyItem(BaseModel):
+    index: int
+    label: str
+    probs: list[float] = Field(description="One class: [sigmoid(reward)], or [reward] without activation.")
+    num_classes: int
+
+
+class ClassifyResponse(BaseModel):
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[ClassifyItem]
+    usage: dict[str, int | None]
+
+
+class EmbeddingsRequest(TextsRequest):
+    input: Texts = Field(description="Templated prompt + response text(s). Not token ids.")
+
+
+class Embedding(BaseModel):
+    object: str = "embedding"
+    index: int
+    embedding: list[float] = Field(description="[reward]: the last value is the reward, as SGLang's.")
+
+
+class EmbeddingsResponse(BaseModel):
+    object: str = "list"
+    model: str
+    data: list[Embedding]
+    usage: dict[str, int | None]

@@ -7,49 +7,43 @@ compute thread: forward, calibration) -> hybrid reward -> normalization -> clipp
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from app.backends import EncodeError
-from app.batcher import FAST_REFUSAL, AdmissionPolicy, MicroBatcher
+from app.admission import FAST_REFUSAL, Admission, AdmissionPolicy, PairPayload, TextLocator
+from app.backends.warmup import CANARY_PAIRS
+from app.batcher import MicroBatcher
+from app.config import NormalizeMode, Settings
 from app.errors import InferenceError, InvalidInput, NotReady
-from app.heuristics import DEFAULT_TOXIC_KEYWORDS, HeuristicConfig, HeuristicScore, heuristic_score
+from app.heuristics import DEFAULT_TOXIC_KEYWORDS, HeuristicConfig, HeuristicScore
 from app.metrics import ServiceMetrics
 from app.normalize import RunningStats, batch_zscore, clip, hybrid, mixing_weights
-from app.registry import CANARY_PAIRS, ModelRegistry
+from app.registry import ModelRegistry
 from app.schemas import HeuristicParts, ItemScore, Pair, ScoreBatchResponse, ScoreOptions
 from app.store import LoadedVersion
 
 log = logging.getLogger(__name__)
-# requests waiting for a tokenizer thread, per thread, before more are refused with 429 at once
-PENDING_PER_TOKENIZE_THREAD = 64
 MODEL_FAILED = "the model cannot serve: it fails its known-good canary input too (see the server log)"
 
 
 @dataclass(frozen=True)
 class ScoringDefaults:
-    """Server-side defaults and limits of a scoring request."""
+    """Server-side defaults and limits of a scoring request: the Settings fields of the same names
+    (app/config.py says what each means and holds its default)."""
 
-    alpha: float = 0.5
-    beta: float = 0.5
-    normalize: str = "none"
-    clip: float | None = None
-    max_items: int = 256
-    max_text_chars: int = 20000
-    unready_after_failures: int = 3  # model failures in a row (its canary failed too) before /readyz 503
+    alpha: float
+    beta: float
+    normalize: NormalizeMode
+    clip: float | None
+    max_items: int
+    max_text_chars: int
+    unready_after_failures: int
 
-
-@dataclass(frozen=True)
-class PairPayload:
-    """One item on its way through the batcher, pinned to the version its request captured."""
-
-    ids: list[int]  # exactly what the model reads (rendered, truncated)
-    heuristic: HeuristicScore
-    version: LoadedVersion
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ScoringDefaults:
+        return cls(**settings.model_dump(include={f.name for f in fields(cls)}))
 
 
 @dataclass(frozen=True)
@@ -128,67 +122,9 @@ def canary_passes(version: LoadedVersion) -> bool:
         return False
 
 
-def encode_request(
-    version: LoadedVersion, pairs: Sequence[Pair], heuristics: HeuristicConfig, batch: bool
-) -> list[PairPayload]:
-    """Admission work of one request (a tokenizer thread): exact ids and the heuristic of every item;
-    InvalidInput naming the field when a text cannot be encoded."""
-    try:
-        ids = version.backend.encode([p.prompt for p in pairs], [p.response for p in pairs])
-    except EncodeError as exc:
-        loc = text_loc(exc.index, exc.field, batch)
-        raise InvalidInput(
-            f"cannot encode the {exc.field}: {exc.reason}", [{"loc": loc, "msg": exc.reason}]
-        ) from exc
-    return [
-        PairPayload(one, heuristic_score(p.response, heuristics), version)
-        for one, p in zip(ids, pairs, strict=True)
-    ]
-
-
-class Admission:
-    """Encodes requests at admission on a few dedicated threads (never the event loop, never the compute
-    thread); beyond `threads * PENDING_PER_TOKENIZE_THREAD` requests waiting, Overloaded at once."""
-
-    def __init__(self, heuristics: HeuristicConfig, threads: int = 2, retry_after_s: int = 1):
-        self.heuristics = heuristics
-        self.max_pending = threads * PENDING_PER_TOKENIZE_THREAD
-        self.retry_after_s = retry_after_s
-        self.pending = 0
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tokenize")
-
-    async def encode(
-        self,
-        version: LoadedVersion,
-        pairs: Sequence[Pair],
-        batch: bool,
-        policy: AdmissionPolicy = FAST_REFUSAL,
-    ) -> list[PairPayload]:
-        """Exact ids and heuristics of a request's items; callers that cannot back off (`policy.holds`)
-        wait for a tokenizer thread instead of being refused when many requests are waiting."""
-        if self.pending >= self.max_pending and not policy.holds:
-            raise policy.overload_error(
-                f"{self.pending} requests are waiting to be tokenized; retry later",
-                retry_after=self.retry_after_s,
-            )
-        self.pending += 1
-        try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._pool, encode_request, version, pairs, self.heuristics, batch
-            )
-        finally:
-            self.pending -= 1
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def text_loc(index: int, name: str, batch: bool) -> list:
-    return ["body", "items", index, name] if batch else ["body", name]
-
-
-def check_limits(pairs: Sequence[Pair], defaults: ScoringDefaults, batch: bool, max_items: int) -> None:
+def check_limits(
+    pairs: Sequence[Pair], defaults: ScoringDefaults, locate: TextLocator, max_items: int
+) -> None:
     """Refuse too many items or too long texts, naming each field at fault and the limit."""
     if len(pairs) > max_items:
         raise InvalidInput(
@@ -203,7 +139,7 @@ def check_limits(pairs: Sequence[Pair], defaults: ScoringDefaults, batch: bool, 
             ],
         )
     details = [
-        {"loc": text_loc(index, name, batch), "msg": "text too long", "limit": defaults.max_text_chars,
+        {"loc": locate(index, name), "msg": "text too long", "limit": defaults.max_text_chars,
          "got": len(text)}
         for index, pair in enumerate(pairs)
         for name, text in (("prompt", pair.prompt), ("response", pair.response))
@@ -253,18 +189,18 @@ class ScoringService:
         self,
         pairs: Sequence[Pair],
         options: ScoreOptions,
-        batch: bool,
+        locate: TextLocator,
         policy: AdmissionPolicy = FAST_REFUSAL,
         max_items: int | None = None,
     ) -> ScoreBatchResponse:
-        """Score pairs with one model version; `batch` says whether they came as /score_batch items.
+        """Score pairs with one model version; `locate` says where the request holds each text.
         Per route: `policy` says how a busy server admits them (trainers that cannot back off wait),
         `max_items` replaces the default item limit (a whole rollout in one request)."""
-        check_limits(pairs, self.defaults, batch, max_items or self.defaults.max_items)
+        check_limits(pairs, self.defaults, locate, max_items or self.defaults.max_items)
         version = self.live_version()  # captured once: every item of this request uses it
         self.batcher.check_admission(policy)  # refused before anything is spent on it when the queue is long
         with self.batcher.incoming():  # the batcher waits for these items rather than start without them
-            payloads = await self.admission.encode(version, pairs, batch, policy)
+            payloads = await self.admission.encode(version, pairs, locate, policy)
         lengths = [len(p.ids) for p in payloads]
         parts: list[ItemParts] = await self.batcher.run(payloads, lengths, id(version), policy)
         return self._finish(parts, options, version.version, sum(lengths))

@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from app.backends import RewardBackend
+from app.backends.devices import TORCH_DTYPES
 from app.backends.hf import HF_DIR, HFBackend, HFSpec
 from app.backends.native import NativeBackend
 from app.errors import CheckpointError
@@ -57,7 +58,6 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # mkstemp/mkdtemp create owner-only files; a store is read by the service, often as another user
 READABLE_FILE, READABLE_DIR = 0o644, 0o755
-_WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # --- limits checked before a checkpoint's weights are allocated ---
 DEFAULT_MAX_MODEL_BYTES = 8 * 1024**3  # weights as loaded (float32) plus the file's tensors, at most
@@ -101,14 +101,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: dict, allow_nan: bool = True) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never a torn one. With
-    `allow_nan=False`, NaN or infinity is a ValueError rather than a file no strict parser reads."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write so that a reader sees the old file or the new one, never a torn one: a temporary file beside
+    it, fsynced, renamed over it, then the directory fsynced."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, READABLE_FILE)
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, allow_nan=allow_nan)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -116,6 +116,12 @@ def write_json_atomic(path: Path, data: dict, allow_nan: bool = True) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, data: dict, allow_nan: bool = True) -> None:
+    """write_text_atomic of JSON. With `allow_nan=False`, NaN or infinity is a ValueError rather than a
+    file no strict parser reads."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=allow_nan))
 
 
 def save_checkpoint_files(
@@ -126,9 +132,9 @@ def save_checkpoint_files(
     weights_dtype: str = "float32",
 ) -> None:
     """Write weights, config, tokenizer and metrics of a model into `directory`."""
-    if weights_dtype not in _WEIGHT_DTYPES:
-        raise ValueError(f"weights_dtype must be one of {sorted(_WEIGHT_DTYPES)}, got {weights_dtype!r}")
-    dtype = _WEIGHT_DTYPES[weights_dtype]
+    if weights_dtype not in TORCH_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {sorted(TORCH_DTYPES)}, got {weights_dtype!r}")
+    dtype = TORCH_DTYPES[weights_dtype]
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     config = {
@@ -342,18 +348,7 @@ def set_current(store: str | Path, version: str) -> None:
     validate_version_name(version)
     if not (store / version / MANIFEST).is_file():
         raise CheckpointError(f"no published version {version!r} in {store}")
-    fd, tmp = tempfile.mkstemp(dir=store, prefix=".CURRENT.")
-    try:
-        os.fchmod(fd, READABLE_FILE)
-        with os.fdopen(fd, "w") as f:
-            f.write(version + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, store / CURRENT_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(store)
+    write_text_atomic(store / CURRENT_FILE, version + "\n")
 
 
 def version_dir(store: str | Path, version: str) -> Path:

@@ -42,6 +42,8 @@ from urllib.parse import urlsplit
 import httpx
 import torch
 
+from app.backends.devices import configure_torch_threads, resolve_device, resolve_dtype
+from app.backends.warmup import forward_raw
 from app.batcher import BatchPolicy, WorkItem, cut_batches
 from app.errors import CheckpointError
 from app.loadgen import (
@@ -53,13 +55,7 @@ from app.loadgen import (
     serving,
 )
 from app.main import AUTO_BATCH_TOKENS
-from app.registry import (
-    ModelRegistry,
-    configure_torch_threads,
-    forward_raw,
-    resolve_device,
-    resolve_dtype,
-)
+from app.registry import ModelRegistry
 from app.schemas import ScoreRequest
 from app.store import LoadedVersion, read_current
 

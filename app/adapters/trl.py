@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from app.adapters.pairs import to_pairs
+from app.adapters.conversations import to_pairs
 from app.client import AsyncRewardClient, RewardClient
 
 RewardList = list[float | None]

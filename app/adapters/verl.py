@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-from app.adapters.pairs import to_pairs
+from app.adapters.conversations import to_pairs
 from app.client import RewardClient
 
 CLIENT_KWARGS = ("namespace", "alpha", "beta", "normalize", "clip")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, field_validator
 
 from app.api.deps import require_admin
-from app.api.errors import error_docs
+from app.api.error_handlers import error_docs
 from app.errors import CheckpointError
 from app.schemas import ErrorResponse, StrictModel
 from app.store import validate_version_name

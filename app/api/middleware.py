@@ -1,18 +1,46 @@
-"""Pure ASGI middleware (no BaseHTTPMiddleware, so client disconnects still reach the routes)."""
+"""Every middleware, pure ASGI (no BaseHTTPMiddleware, so client disconnects still reach the routes).
+
+From the outside in (as create_app installs them):
+- `MetricsMiddleware` counts and times every HTTP request, by route template and status;
+- `RequestIdMiddleware` echoes a sane X-Request-ID or makes one;
+- `HardeningMiddleware`:
+  - a request declaring a non-JSON body (form, text, XML...) is refused with 415 before it is read;
+  - a body still arriving `body_timeout_s` after the request started is refused with 408, so a client that
+    trickles its body (slow loris) holds a connection for a bounded time and never reaches the queue;
+  - every response carries `nosniff`, `DENY` framing, `no-referrer` and `no-store` headers;
+  - the request's id (from `scope["state"]["request_id"]`, set by the request-id middleware outside this
+    one) is put in `request_id_var`, which `RequestIdFilter` (app/logs.py) writes on every log record;
+- `BodySizeLimitMiddleware` refuses bodies over the limit (413);
+- `CanonicalPathMiddleware` refuses disguised paths (400);
+- `UnexpectedErrorMiddleware` answers an unexpected exception with the JSON 500.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 import uuid
 
 from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import error_response, log_unexpected, unexpected_error_response
+from app.api.error_handlers import error_response, log_unexpected, unexpected_error_response
+from app.logs import NO_REQUEST, request_id_var
+from app.metrics import ServiceMetrics
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # a percent-escape of a character that never needs one (RFC 3986 unreserved) or of a path separator
 _DISGUISED_PATH_CHARACTER = re.compile(rb"%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DdEeFf]|5[CcFf]|7[Ee])")
+
+UNMATCHED = "unmatched"  # the endpoint label of paths no route serves, so scanners cannot add series
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+)
 
 
 class BodyTooLarge(HTTPException):
@@ -141,3 +169,119 @@ class UnexpectedErrorMiddleware:
                 raise
             log_unexpected(scope.get("path", ""), exc)
             await unexpected_error_response()(scope, receive, send)
+
+
+class BodyTimeout(HTTPException):
+    """An HTTPException, because FastAPI turns other errors raised while reading a body into 400."""
+
+    def __init__(self, limit_s: float):
+        message = f"the request body did not arrive within body_timeout_s {limit_s:g} s"
+        super().__init__(408, message, headers={"Connection": "close"})  # the rest of the body is unwanted
+        self.details = [{"loc": ["body"], "msg": "body too slow", "limit": limit_s}]
+
+
+def with_security_headers(send: Send) -> Send:
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message.setdefault("headers", []).extend(SECURITY_HEADERS)
+        await send(message)
+
+    return send_with_headers
+
+
+def with_body_deadline(receive: Receive, deadline: float, limit_s: float) -> Receive:
+    """`receive` that raises BodyTimeout when the body is not complete by `deadline` (monotonic)."""
+    body_done = False
+
+    async def receive_before_deadline() -> Message:
+        nonlocal body_done
+        if body_done:  # later calls only wait for a disconnect: no limit
+            return await receive()
+        try:
+            message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            raise BodyTimeout(limit_s) from None
+        body_done = message["type"] != "http.request" or not message.get("more_body", False)
+        return message
+
+    return receive_before_deadline
+
+
+def is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type.startswith("application/") and media_type.endswith(("/json", "+json"))
+
+
+def unsupported_media_type(content_type: str) -> ASGIApp:
+    return error_response(
+        415, "unsupported_media_type", f"request bodies must be application/json, got {content_type!r}",
+        [{"loc": ["header", "content-type"], "msg": "not JSON", "got": content_type}],
+    )  # fmt: skip
+
+
+class HardeningMiddleware:
+    def __init__(self, app: ASGIApp, body_timeout_s: float):
+        self.app = app
+        self.body_timeout_s = body_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id_var.set(scope.get("state", {}).get("request_id", NO_REQUEST))  # one task per request
+        send = with_security_headers(send)
+        content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+        if content_type and not is_json(content_type):
+            await unsupported_media_type(content_type)(scope, receive, send)
+            return
+        deadline = time.monotonic() + self.body_timeout_s
+        receive = with_body_deadline(receive, deadline, self.body_timeout_s)
+        await self.app(scope, receive, send)
+
+
+class RouteTemplates:
+    """Maps a request to its route template ("/v1/stats/{namespace}"), never the raw path, so the endpoint
+    label stays bounded. Routed requests carry their route; answers given before routing (413 from the
+    body limit) are matched against the documented paths."""
+
+    def __init__(self) -> None:
+        self._compiled: list[tuple[re.Pattern, str]] | None = None
+
+    def endpoint_of(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is not None and hasattr(route, "path"):
+            return route.path
+        if self._compiled is None:  # the app's routes are complete by the first request
+            self._compiled = [(compile_path(path)[0], path) for path in scope["app"].openapi()["paths"]]
+        return next((path for regex, path in self._compiled if regex.match(scope["path"])), UNMATCHED)
+
+
+class MetricsMiddleware:
+    """Pure ASGI: requests by endpoint and status, latency by endpoint, requests in flight."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics):
+        self.app = app
+        self.metrics = metrics
+        self.templates = RouteTemplates()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_recording_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.inflight.inc()
+        try:
+            await self.app(scope, receive, send_recording_status)
+        finally:
+            self.metrics.inflight.dec()
+            self.metrics.observe_request(
+                self.templates.endpoint_of(scope), status, time.perf_counter() - started
+            )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from app.backends.devices import TORCH_DTYPES
 from app.backends.native import NativeBackend
 from app.errors import CheckpointError
 from app.model import RewardModel
@@ -31,7 +32,6 @@ GUARD_STD = 0.04  # largest |reward - float32 reward| a path may show, in units 
 SPEED_MARGIN = 1.05  # a path replaces float32 only when at least this much faster (noise of shared cores)
 TIMING_ROUNDS = 3  # timed passes of the canary batch per candidate, taken in turn; the median counts
 ALONE_STRIDE = 3  # every third canary item is also scored alone (rewards must not depend on the batch)
-TORCH_PATHS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ONNX_PATHS = ("onnx", "onnx-int8")
 # the canary batch: prompts with two answers each (short, ordinary, empty-ish, past max_len), so that
 # the guard sees both reward deviations and preference orderings
@@ -86,7 +86,7 @@ class ExecutionPath:
     @property
     def eps(self) -> float:
         """Rounding unit of its arithmetic (int8 is counted like bfloat16's 8-bit mantissa)."""
-        return 2.0**-7 if self.dtype == "int8" else torch.finfo(TORCH_PATHS[self.dtype]).eps
+        return 2.0**-7 if self.dtype == "int8" else torch.finfo(TORCH_DTYPES[self.dtype]).eps
 
 
 @dataclass
@@ -125,7 +125,7 @@ class Execution:
 def native_path(name: str, model: RewardModel, tokenizer: PairTokenizer) -> ExecutionPath:
     """The native backend over `model` in the precision `name` (cast in place)."""
     backend = NativeBackend(model, tokenizer)
-    backend.prepare(TORCH_PATHS[name], torch.device("cpu"))
+    backend.prepare(TORCH_DTYPES[name], torch.device("cpu"))
     return ExecutionPath(name, backend.forward, name, model)
 
 
@@ -150,7 +150,7 @@ class MeasuredBackend:
     @property
     def dtype(self) -> torch.dtype:
         """The torch dtype nearest the serving path's arithmetic (int8 paths compute around float32)."""
-        return TORCH_PATHS.get(self.execution.path.dtype, torch.float32)
+        return TORCH_DTYPES.get(self.execution.path.dtype, torch.float32)
 
     def describe(self) -> dict:
         return self.native.describe()
@@ -174,7 +174,7 @@ class Candidates:
     def build(self, name: str) -> ExecutionPath:
         if name == "float32":
             return native_path(name, self.reference, self.tokenizer)
-        if name in TORCH_PATHS:
+        if name in TORCH_DTYPES:
             return native_path(name, copy.deepcopy(self.reference), self.tokenizer)
         from app.backends.onnx import OnnxRunner, cached_graph, writable_cache
 

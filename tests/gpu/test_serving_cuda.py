@@ -9,7 +9,9 @@ import httpx
 import pytest
 import torch
 
-from app.registry import ModelRegistry, forward_raw, resolve_dtype
+from app.backends.devices import resolve_dtype
+from app.backends.warmup import forward_raw
+from app.registry import ModelRegistry
 from app.store import load_version, read_current
 from tests.conftest import REPO
 

@@ -77,6 +77,17 @@ def test_a_query_that_cannot_be_split_is_refused_naming_it(server_url):
     assert "chat template" in error["details"][0]["msg"]
 
 
+@pytest.mark.parametrize(("path", "field"), [("/get_reward", "query"), ("/v1/embeddings", "input")])
+def test_a_too_long_text_is_refused_at_its_place_in_the_request(server_url, path, field):
+    """The request has no `items`: the error names the text as the client sent it."""
+    too_long = CHATML_PROMPTS[1] + "word " * 5000
+    response = post(server_url, path, {field: [QUERIES[0], too_long]})
+    assert response.status_code == 422, response.text
+    details = response.json()["error"]["details"]
+    assert [detail["loc"] for detail in details] == [["body", field, 1]]
+    assert details[0]["msg"] == "text too long"
+
+
 def test_an_empty_generation_is_scored_as_an_empty_response(server_url, expected):
     """A policy that stops at once (only EOS/pad after the prompt) gets a reward, not an error."""
     stopped = CHATML_PROMPTS[1] + "<|im_end|><|endoftext|><|endoftext|>"

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from app.backends.choice import GUARD_STD
+from app.backends.devices import resolve_dtype
+from app.backends.warmup import forward_raw
 from app.errors import CheckpointError
-from app.registry import forward_raw, resolve_dtype
 from app.store import load_version, read_current
 from tests.conftest import REPO, scrape_metrics
 

@@ -14,7 +14,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from app import random_hf_models as hf_models  # noqa: E402
-from app.registry import forward_raw  # noqa: E402
+from app.backends.warmup import forward_raw  # noqa: E402
 from app.store import load_version, set_current  # noqa: E402
 from app.training.import_model import import_model  # noqa: E402
 from tests.conftest import publish_tiny_version, start_server  # noqa: E402

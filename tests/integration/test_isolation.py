@@ -20,21 +20,14 @@ import httpx
 import pytest
 import torch
 
+from app.admission import Admission, PairPayload, encode_request
 from app.batcher import BatchPolicy, BatchReport, MicroBatcher
+from app.config import Settings
 from app.errors import InferenceError, InvalidInput, NotReady, Overloaded
 from app.normalize import RunningStats
 from app.registry import ModelRegistry
-from app.schemas import Pair, ScoreOptions
-from app.service import (
-    Admission,
-    BatchScorer,
-    ModelHealth,
-    PairPayload,
-    ScoringDefaults,
-    ScoringService,
-    encode_request,
-    heuristic_config,
-)
+from app.schemas import Pair, ScoreBatchRequest, ScoreOptions, ScoreRequest
+from app.service import BatchScorer, ModelHealth, ScoringDefaults, ScoringService, heuristic_config
 from tests.conftest import RunningServer, sample_texts, start_server
 
 INNOCENT = [Pair(prompt=text, response=text[::-1]) for text in sample_texts(7, seed=5)]
@@ -48,7 +41,12 @@ def build_service(store: Path, policy: BatchPolicy, reports: list[BatchReport]) 
     admission = Admission(heuristic_config())
     stats = RunningStats(0.99, 1e-6, 16)
     return ScoringService(
-        registry, batcher, admission, health, stats, ScoringDefaults(unready_after_failures=2)
+        registry,
+        batcher,
+        admission,
+        health,
+        stats,
+        ScoringDefaults.from_settings(Settings(unready_after_failures=2)),
     )
 
 
@@ -70,10 +68,11 @@ def test_an_item_whose_forward_fails_fails_alone_and_its_batch_neighbours_get_th
     async def scenario(service: ScoringService, reports: list[BatchReport]):
         version = service.live_version()
         alone = [
-            (await service.score([pair], ScoreOptions(), batch=False)).items[0].model_raw for pair in INNOCENT
+            (await service.score([pair], ScoreOptions(), ScoreRequest.text_loc)).items[0].model_raw
+            for pair in INNOCENT
         ]
         reports.clear()
-        innocent = encode_request(version, INNOCENT, service.admission.heuristics, batch=True)
+        innocent = encode_request(version, INNOCENT, service.admission.heuristics, ScoreBatchRequest.text_loc)
         # token ids beyond the embedding table: the forward pass raises for any batch holding this item
         poison = PairPayload([1, 10**6, 2, 3], innocent[0].heuristic, version)
         payloads = [*innocent[:3], poison, *innocent[3:]]
@@ -101,12 +100,12 @@ def test_a_model_that_fails_its_canary_too_turns_readiness_off_until_it_serves_a
             weights.fill_(float("nan"))  # every input, the canary's included, gives NaN
         for _ in range(2):
             with pytest.raises(InferenceError):
-                await service.score(INNOCENT[:2], ScoreOptions(), batch=True)
+                await service.score(INNOCENT[:2], ScoreOptions(), ScoreBatchRequest.text_loc)
         with pytest.raises(NotReady, match="cannot serve"):
             service.check_ready()
         with torch.no_grad():
             weights.copy_(saved)
-        await service.score(INNOCENT[:1], ScoreOptions(), batch=False)
+        await service.score(INNOCENT[:1], ScoreOptions(), ScoreRequest.text_loc)
         service.check_ready()
 
     asyncio.run(with_service(tiny_model_store, scenario))
@@ -118,7 +117,7 @@ def test_a_text_that_cannot_be_encoded_is_refused_at_admission_and_never_queued(
     async def scenario(service: ScoringService, reports: list[BatchReport]):
         pairs = [*INNOCENT[:3], Pair(prompt="p", response="ok \ud800"), INNOCENT[3]]
         with pytest.raises(InvalidInput) as refused:
-            await service.score(pairs, ScoreOptions(), batch=True)
+            await service.score(pairs, ScoreOptions(), ScoreBatchRequest.text_loc)
         return refused.value, reports
 
     refused, reports = asyncio.run(with_service(tiny_model_store, scenario))
@@ -133,7 +132,7 @@ def test_concurrent_long_batches_beyond_the_wait_limit_are_refused_before_they_a
     long_items = [Pair(prompt=text * 20, response=text * 20) for text in sample_texts(64, seed=9)]
 
     async def scenario(service: ScoringService, reports: list[BatchReport]):
-        await service.score(long_items, ScoreOptions(), batch=True)  # measures tokens/s
+        await service.score(long_items, ScoreOptions(), ScoreBatchRequest.text_loc)  # measures tokens/s
         # a wait limit worth about 4 such requests (64 items of the tiny model's max_len, 64 tokens)
         limit_s = 4 * 64 * 64 / service.batcher.tokens_per_s
         service.batcher.policy = dataclasses.replace(service.batcher.policy, max_queue_wait_s=limit_s)
@@ -141,7 +140,8 @@ def test_concurrent_long_batches_beyond_the_wait_limit_are_refused_before_they_a
         gate = threading.Event()  # the compute thread is held, so nothing drains while requests arrive
         held = asyncio.ensure_future(service.registry.run_compute(gate.wait, 60))
         tasks = [
-            asyncio.ensure_future(service.score(long_items, ScoreOptions(), batch=True)) for _ in range(24)
+            asyncio.ensure_future(service.score(long_items, ScoreOptions(), ScoreBatchRequest.text_loc))
+            for _ in range(24)
         ]
         while sum(t.done() for t in tasks) + service.batcher.backlog // (64 * 64) < len(tasks):
             await asyncio.sleep(0.01)  # each request is refused or queued (64 items x 64 tokens)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.registry import forward_raw
+from app.backends.warmup import forward_raw
 from app.store import load_version
 from tests.conftest import publish_tiny_version, sample, sample_texts, scrape_metrics, start_server
 

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from app.batcher import AdmissionPolicy, BatchPolicy, MicroBatcher
+from app.admission import AdmissionPolicy
+from app.batcher import BatchPolicy, MicroBatcher
 from app.errors import Overloaded, ServerBusy
 
 PATIENT = AdmissionPolicy(max_queue_wait_s=60.0, overload_error=ServerBusy)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from app.backends import EncodeError, RewardBackend
-from app.registry import forward_raw
+from app.backends.warmup import forward_raw
 from app.store import load_version
 from tests.conftest import TINY_MAX_LEN, TINY_VERSION
 

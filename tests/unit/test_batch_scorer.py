@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.admission import PairPayload
 from app.errors import InferenceError
 from app.heuristics import heuristic_score
 from app.registry import ModelRegistry
-from app.service import BatchScorer, ItemParts, ModelHealth, PairPayload, heuristic_config
+from app.service import BatchScorer, ItemParts, ModelHealth, heuristic_config
 from app.store import LoadedVersion
 from tests.conftest import publish_tiny_version, sample_texts
 

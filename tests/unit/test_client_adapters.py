@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.adapters.pairs import to_pair, to_pairs
+from app.adapters.conversations import to_pair, to_pairs
 from app.adapters.trl import as_async_trl_reward_func, as_trl_reward_func
 from app.adapters.verl import prompt_of
 from app.templating import TextPair

@@ -8,14 +8,8 @@ import logging
 
 import pytest
 
-from app.middleware import (
-    BodyTimeout,
-    HardeningMiddleware,
-    RequestIdFilter,
-    is_json,
-    logging_config,
-    request_id_var,
-)
+from app.api.middleware import BodyTimeout, HardeningMiddleware, is_json
+from app.logs import RequestIdFilter, logging_config, request_id_var
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
 """The dependency direction of app/: each module imports only from its own layer or the layers before it.
 
-1. config, schemas, errors, metrics, templating (pure text rules: schemas render conversations with it)
+1. config, schemas, errors, metrics, logs, templating (pure text rules: schemas render conversations with it)
 2. model, tokenizer, heuristics, normalize, store, training/*, backends/*, random_hf_models
-3. registry, batcher, watcher
+3. registry, admission, batcher, watcher
 4. service
 5. api/*
 6. main, __main__
@@ -22,12 +22,12 @@ import pytest
 APP = Path(__file__).resolve().parents[2] / "app"
 
 LAYERS = {
-    "config": 1, "schemas": 1, "errors": 1, "metrics": 1, "templating": 1,
+    "config": 1, "schemas": 1, "errors": 1, "metrics": 1, "templating": 1, "logs": 1,
     "model": 2, "tokenizer": 2, "heuristics": 2, "normalize": 2, "store": 2, "training": 2,
     "backends": 2, "random_hf_models": 2,
-    "registry": 3, "batcher": 3, "watcher": 3,
+    "registry": 3, "batcher": 3, "watcher": 3, "admission": 3,
     "service": 4,
-    "api": 5, "middleware": 5,
+    "api": 5,
     "main": 6, "__main__": 6,
 }  # fmt: skip
 HTTP_ONLY = {"client", "adapters", "loadgen"}

@@ -12,13 +12,16 @@ from typing import TypeVar
 import pytest
 import torch
 
+from app.admission import Admission
+from app.backends.warmup import forward_raw
 from app.batcher import BatchPolicy, MicroBatcher
+from app.config import Settings
 from app.errors import InferenceError, InvalidInput, NotReady
 from app.heuristics import heuristic_score
 from app.normalize import RunningStats
-from app.registry import ModelRegistry, forward_raw
-from app.schemas import Pair, ScoreOptions
-from app.service import Admission, BatchScorer, ModelHealth, ScoringDefaults, ScoringService, heuristic_config
+from app.registry import ModelRegistry
+from app.schemas import Pair, ScoreBatchRequest, ScoreOptions, ScoreRequest
+from app.service import BatchScorer, ModelHealth, ScoringDefaults, ScoringService, heuristic_config
 from tests.conftest import TINY_VERSION, publish_tiny_version, sample_texts
 
 T = TypeVar("T")
@@ -51,7 +54,9 @@ def with_service(
         batcher = MicroBatcher(BatchScorer(health), BatchPolicy(max_batch_size=4), executor=registry.compute)
         admission = Admission(heuristic_config())
         stats = RunningStats(momentum=0.9, eps=1e-6, max_namespaces=8)
-        service = ScoringService(registry, batcher, admission, health, stats, ScoringDefaults(**defaults))
+        service = ScoringService(
+            registry, batcher, admission, health, stats, ScoringDefaults.from_settings(Settings(**defaults))
+        )
         batcher.start()
         try:
             return await scenario(service)
@@ -63,7 +68,9 @@ def with_service(
 
 
 def score(registry: ModelRegistry, pairs: list[Pair], **options: object):
-    return with_service(registry, lambda service: service.score(pairs, ScoreOptions(**options), batch=True))
+    return with_service(
+        registry, lambda service: service.score(pairs, ScoreOptions(**options), ScoreBatchRequest.text_loc)
+    )
 
 
 def test_rewards_come_back_in_input_order_and_match_each_pair_scored_alone(registry: ModelRegistry) -> None:
@@ -85,7 +92,10 @@ def test_rewards_come_back_in_input_order_and_match_each_pair_scored_alone(regis
 
 def test_the_server_defaults_apply_when_the_request_gives_no_weights(registry: ModelRegistry) -> None:
     result = with_service(
-        registry, lambda s: s.score(PAIRS[:2], ScoreOptions(), batch=True), alpha=1.0, beta=0.0
+        registry,
+        lambda s: s.score(PAIRS[:2], ScoreOptions(), ScoreBatchRequest.text_loc),
+        alpha=1.0,
+        beta=0.0,
     )
     assert (result.alpha, result.beta) == (1.0, 0.0)
     assert [item.reward for item in result.items] == [item.heuristic_reward for item in result.items]
@@ -128,13 +138,15 @@ def test_readiness_is_lost_after_model_failures_only_and_back_with_a_sound_versi
     async def scenario(service: ScoringService) -> None:
         for _ in range(3):  # client errors never count against the model
             with pytest.raises(InvalidInput):
-                await service.score([Pair(prompt="a", response="\ud800")], ScoreOptions(), batch=False)
+                await service.score(
+                    [Pair(prompt="a", response="\ud800")], ScoreOptions(), ScoreRequest.text_loc
+                )
         assert service.check_ready().version == "v1"
 
         corrupt_weights(registry)
         for failures in range(1, 4):
             with pytest.raises(InferenceError, match="non-finite"):
-                await service.score(PAIRS[:1], ScoreOptions(), batch=False)
+                await service.score(PAIRS[:1], ScoreOptions(), ScoreRequest.text_loc)
             assert service.health.consecutive_failures == failures
             if failures < service.defaults.unready_after_failures:
                 service.check_ready()

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.api.errors import install_error_handlers
+from app.api.error_handlers import install_error_handlers
 from app.api.middleware import UnexpectedErrorMiddleware
 
 
