@@ -52,6 +52,17 @@ def split_budget(prompt_len: int, response_len: int, budget: int) -> tuple[int, 
     return prompt_keep, min(response_len, budget - prompt_keep)
 
 
+def right_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token ids to the longest member: -> (B, T) input ids, (B, T) attention mask."""
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, : len(ids)] = 1
+    return input_ids, mask
+
+
 class PairTokenizer:
     def __init__(self, tokenizer: Tokenizer, spec: EncodingSpec):
         self.tokenizer = tokenizer
@@ -113,13 +124,7 @@ class PairTokenizer:
 
     def pad(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad to the longest member: -> (B, T) input ids, (B, T) attention mask."""
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, : len(ids)] = 1
-        return input_ids, mask
+        return right_pad(batch, self.pad_id)
 
     def encode_batch(
         self, prompts: Sequence[str], responses: Sequence[str]

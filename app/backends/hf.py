@@ -30,6 +30,7 @@ import torch
 
 from app.backends import EncodeError
 from app.errors import CheckpointError
+from app.tokenizer import right_pad
 
 HF_DIR = "hf"  # the checkpoint's own files, inside a version directory
 DECODER_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"})
@@ -271,16 +272,6 @@ class HFBackend:
 
     # --- forward: ids -> rewards (compute thread) ---
 
-    def _pad(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-pad: -> (B, T) input ids, (B, T) attention mask."""
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, : len(ids)] = 1
-        return input_ids, mask
-
     def _token_types(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Segment ids of encoder pairs: 0 up to the first separator (included), 1 after it."""
         first_sep = (input_ids == self.sep_id).int().argmax(dim=1, keepdim=True)  # (B, 1)
@@ -309,7 +300,7 @@ class HFBackend:
 
     def forward(self, ids: Sequence[Sequence[int]]) -> list[float]:
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        input_ids, mask = self._pad([ids[i] for i in order])
+        input_ids, mask = right_pad([ids[i] for i in order], self.pad_id)
         # a plain copy: a fresh page-locked buffer per batch overlaps nothing (the forward waits for it)
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         with torch.inference_mode():

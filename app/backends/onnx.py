@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from app.model import RewardModel
+from app.store import sha256_file
 from app.tokenizer import PairTokenizer
 
 log = logging.getLogger(__name__)
@@ -63,24 +64,16 @@ def export_key(manifest: dict, variant: str) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _cached(path: Path) -> bool:
     """A cached graph whose recorded sha256 matches its bytes."""
     recorded = path.with_suffix(".sha256")
-    return path.is_file() and recorded.is_file() and recorded.read_text().strip() == _sha256(path)
+    return path.is_file() and recorded.is_file() and recorded.read_text().strip() == sha256_file(path)
 
 
 def _publish(tmp: Path, path: Path) -> None:
     """Record the sha256 of a finished graph, then rename it into place (readers never see half a file)."""
     os.replace(tmp, path)
-    path.with_suffix(".sha256").write_text(_sha256(path) + "\n")
+    path.with_suffix(".sha256").write_text(sha256_file(path) + "\n")
 
 
 def _export_float32(model: RewardModel, path: Path) -> None:
