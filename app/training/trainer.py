@@ -123,6 +123,27 @@ class Validation:
 # ---------------------------------------------------------------- setup
 
 
+@dataclass
+class Run:
+    """Everything one training run works with, built once by `setup_run`."""
+
+    cfg: TrainConfig
+    dist: Distributed
+    model: RewardModel
+    # what a step calls: the model or its upper layers, maybe in DistributedDataParallel
+    wrapped: torch.nn.Module
+    upper: UpperLayers | None  # the trainable top when the lower layers are frozen and cached
+    tokenizer: PairTokenizer
+    train_data: EncodedPairs
+    valid_data: EncodedPairs
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # per step: linear warm-up, then linear decay
+    total_steps: int  # optimizer steps of the whole run (all epochs)
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    provenance: dict | None
+
+
 def setup_distributed(device: str) -> Distributed:
     """One process per device under torchrun (WORLD_SIZE > 1), else a single process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -279,31 +300,6 @@ def batch_tensors(data: EncodedPairs, batch: list[int], tokenizer: PairTokenizer
     return input_ids.to(device), mask.to(device), lengths.to(device), data.weights[batch].to(device)
 
 
-def train_epoch(run: Run, batches: list[list[int]], bar: tqdm) -> float:
-    """One pass over this rank's batches; returns the mean training loss."""
-    optimizer, scheduler = run.optim
-    run.wrapped.train()
-    total = 0.0
-    for batch in batches:
-        input_ids, mask, lengths, weights = batch_tensors(
-            run.train_data, batch, run.tokenizer, run.dist.device
-        )
-        with torch.autocast(run.dist.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-            rewards = run.wrapped(input_ids, mask)
-        loss = objective(rewards.float(), lengths, weights, run.cfg)
-        optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
-        run.scaler.step(optimizer)
-        run.scaler.update()
-        scheduler.step()
-        total += loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-    return total / max(1, len(batches))
-
-
 def gather_rewards(score: Callable[[list[int]], torch.Tensor], count: int, dist: Distributed) -> torch.Tensor:
     """score(indices) for all `count` items, each rank scoring a strided share: -> (count,) on every rank."""
     mine = list(range(dist.rank, count, dist.world_size))
@@ -399,7 +395,7 @@ def train(cfg: TrainConfig) -> Path | None:
     torch.set_num_threads(cfg.threads)
     dist = setup_distributed(cfg.device)
     try:
-        published = _train(cfg, dist)
+        published = run_training(cfg, dist)
         if dist.world_size > 1:
             torch_dist.barrier()  # the other ranks wait while rank 0 publishes; then all leave together
         return published
@@ -408,102 +404,8 @@ def train(cfg: TrainConfig) -> Path | None:
             torch_dist.destroy_process_group()
 
 
-@dataclass
-class Run:
-    """Everything one training run works with, built once by `setup_run`."""
-
-    cfg: TrainConfig
-    dist: Distributed
-    model: RewardModel
-    # what a step calls: the model or its upper layers, maybe in DistributedDataParallel
-    wrapped: torch.nn.Module
-    upper: UpperLayers | None  # the trainable top when the lower layers are frozen and cached
-    tokenizer: PairTokenizer
-    train_data: EncodedPairs
-    valid_data: EncodedPairs
-    optim: tuple
-    amp_dtype: torch.dtype | None
-    scaler: torch.amp.GradScaler
-    provenance: dict | None
-
-
-def setup_run(cfg: TrainConfig, dist: Distributed) -> Run:
-    train_pairs, valid_pairs = load_splits(cfg.data)
-    torch.manual_seed(cfg.seed)
-    model, tokenizer, provenance = (
-        build_scratch(cfg, train_pairs, dist) if cfg.init == SCRATCH else build_pretrained(cfg)
-    )
-    model.to(dist.device)
-    train_data = encode(train_pairs, tokenizer, pair_weights(train_pairs, cfg))
-    valid_data = encode(valid_pairs, tokenizer, torch.ones(len(valid_pairs)))
-    upper = None
-    if cfg.init != SCRATCH and cfg.freeze_layers >= 0:
-        for data in (train_data, valid_data):
-            progress = cfg.progress and dist.is_main
-            cache = Path(cfg.feature_cache) if cfg.feature_cache else None
-            data.states = cached_lower_states(
-                model, tokenizer, data.inputs(), cfg.freeze_layers, cache, progress
-            )
-        upper = UpperLayers(model, cfg.freeze_layers)
-    trained = upper if upper is not None else model
-    total_steps = cfg.epochs * len(epoch_batches(train_data, cfg, 0, dist))
-    amp_dtype = autocast_dtype(cfg, dist.device)
-    return Run(
-        cfg=cfg,
-        dist=dist,
-        model=model,
-        wrapped=DistributedDataParallel(trained) if dist.world_size > 1 else trained,
-        upper=upper,
-        tokenizer=tokenizer,
-        train_data=train_data,
-        valid_data=valid_data,
-        optim=make_optimizer(model, cfg, total_steps),
-        amp_dtype=amp_dtype,
-        scaler=torch.amp.GradScaler(dist.device.type, enabled=amp_dtype == torch.float16),
-        provenance=provenance,
-    )
-
-
-def fit(run: Run) -> tuple[dict[str, list[float]], int]:
-    """Train epoch by epoch, validating after each; leaves the best epoch's weights in the model.
-    Returns the curves and the best epoch."""
-    cfg, dist = run.cfg, run.dist
-    curves: dict[str, list[float]] = {
-        k: [] for k in ("epoch", "train_loss", "val_loss", "val_accuracy", "lr")
-    }
-    best_score, best_epoch, best_state = float("-inf"), 0, None
-    steps = cfg.epochs * len(epoch_batches(run.train_data, cfg, 0, dist))
-    bar = tqdm(total=steps, disable=not (cfg.progress and dist.is_main), desc="train")
-    for epoch in range(1, cfg.epochs + 1):
-        batches = epoch_batches(run.train_data, cfg, epoch, dist)
-        train_loss = train_epoch(run, batches, bar)
-        valid = validate(run)
-        lr = run.optim[1].get_last_lr()[0]
-        for key, value in zip(curves, (epoch, train_loss, valid.loss, valid.accuracy, lr), strict=True):
-            curves[key].append(value)
-        if dist.is_main:
-            tqdm.write(f"epoch {epoch}: train loss {train_loss:.4f}  {valid.describe()}")
-        if valid.score(cfg.select_by) > best_score:
-            best_score, best_epoch = valid.score(cfg.select_by), epoch
-            best_state = {k: v.detach().clone().cpu() for k, v in run.model.state_dict().items()}
-        elif cfg.patience and epoch - best_epoch >= cfg.patience:
-            break
-    bar.close()
-    run.model.load_state_dict(best_state)
-    return curves, best_epoch
-
-
-def validation_refusal_check(run: Run, final: Validation) -> dict[str, dict]:
-    """The refusal check (app/training/refusal.py) on the validation pairs, with the published weights."""
-
-    def score(prompts: list[str], responses: list[str]):
-        return score_responses(run.model, run.tokenizer, prompts, responses).numpy()
-
-    chosen, rejected = final.chosen.numpy(), final.rejected.numpy()
-    return refusal_check(run.valid_data.pairs, chosen, rejected, score)
-
-
-def _train(cfg: TrainConfig, dist: Distributed) -> Path | None:
+def run_training(cfg: TrainConfig, dist: Distributed) -> Path | None:
+    """Set up, fit, validate with the published weights, and publish (rank 0)."""
     started = time.monotonic()
     run = setup_run(cfg, dist)
     curves, best_epoch = fit(run)
@@ -529,6 +431,109 @@ def _train(cfg: TrainConfig, dist: Distributed) -> Path | None:
         "pretrained": run.provenance,
     }
     return publish(run.model.cpu(), run.tokenizer, cfg, metrics, manifest_extra)
+
+
+def setup_run(cfg: TrainConfig, dist: Distributed) -> Run:
+    train_pairs, valid_pairs = load_splits(cfg.data)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer, provenance = (
+        build_scratch(cfg, train_pairs, dist) if cfg.init == SCRATCH else build_pretrained(cfg)
+    )
+    model.to(dist.device)
+    train_data = encode(train_pairs, tokenizer, pair_weights(train_pairs, cfg))
+    valid_data = encode(valid_pairs, tokenizer, torch.ones(len(valid_pairs)))
+    upper = None
+    if cfg.init != SCRATCH and cfg.freeze_layers >= 0:
+        for data in (train_data, valid_data):
+            progress = cfg.progress and dist.is_main
+            cache = Path(cfg.feature_cache) if cfg.feature_cache else None
+            data.states = cached_lower_states(
+                model, tokenizer, data.inputs(), cfg.freeze_layers, cache, progress
+            )
+        upper = UpperLayers(model, cfg.freeze_layers)
+    trained = upper if upper is not None else model
+    total_steps = cfg.epochs * len(epoch_batches(train_data, cfg, 0, dist))
+    optimizer, scheduler = make_optimizer(model, cfg, total_steps)
+    amp_dtype = autocast_dtype(cfg, dist.device)
+    return Run(
+        cfg=cfg,
+        dist=dist,
+        model=model,
+        wrapped=DistributedDataParallel(trained) if dist.world_size > 1 else trained,
+        upper=upper,
+        tokenizer=tokenizer,
+        train_data=train_data,
+        valid_data=valid_data,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        total_steps=total_steps,
+        amp_dtype=amp_dtype,
+        scaler=torch.amp.GradScaler(dist.device.type, enabled=amp_dtype == torch.float16),
+        provenance=provenance,
+    )
+
+
+def fit(run: Run) -> tuple[dict[str, list[float]], int]:
+    """Train epoch by epoch, validating after each; leaves the best epoch's weights in the model.
+    Returns the curves and the best epoch."""
+    cfg, dist = run.cfg, run.dist
+    curves: dict[str, list[float]] = {
+        k: [] for k in ("epoch", "train_loss", "val_loss", "val_accuracy", "lr")
+    }
+    best_score, best_epoch, best_state = float("-inf"), 0, None
+    bar = tqdm(total=run.total_steps, disable=not (cfg.progress and dist.is_main), desc="train")
+    for epoch in range(1, cfg.epochs + 1):
+        batches = epoch_batches(run.train_data, cfg, epoch, dist)
+        train_loss = train_epoch(run, batches, bar)
+        valid = validate(run)
+        lr = run.scheduler.get_last_lr()[0]
+        for key, value in zip(curves, (epoch, train_loss, valid.loss, valid.accuracy, lr), strict=True):
+            curves[key].append(value)
+        if dist.is_main:
+            tqdm.write(f"epoch {epoch}: train loss {train_loss:.4f}  {valid.describe()}")
+        if valid.score(cfg.select_by) > best_score:
+            best_score, best_epoch = valid.score(cfg.select_by), epoch
+            best_state = {k: v.detach().clone().cpu() for k, v in run.model.state_dict().items()}
+        elif cfg.patience and epoch - best_epoch >= cfg.patience:
+            break
+    bar.close()
+    run.model.load_state_dict(best_state)
+    return curves, best_epoch
+
+
+def train_epoch(run: Run, batches: list[list[int]], bar: tqdm) -> float:
+    """One pass over this rank's batches; returns the mean training loss."""
+    optimizer, scheduler = run.optimizer, run.scheduler
+    run.wrapped.train()
+    total = 0.0
+    for batch in batches:
+        input_ids, mask, lengths, weights = batch_tensors(
+            run.train_data, batch, run.tokenizer, run.dist.device
+        )
+        with torch.autocast(run.dist.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+            rewards = run.wrapped(input_ids, mask)
+        loss = objective(rewards.float(), lengths, weights, run.cfg)
+        optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
+        run.scaler.step(optimizer)
+        run.scaler.update()
+        scheduler.step()
+        total += loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    return total / max(1, len(batches))
+
+
+def validation_refusal_check(run: Run, final: Validation) -> dict[str, dict]:
+    """The refusal check (app/training/refusal.py) on the validation pairs, with the published weights."""
+
+    def score(prompts: list[str], responses: list[str]):
+        return score_responses(run.model, run.tokenizer, prompts, responses).numpy()
+
+    chosen, rejected = final.chosen.numpy(), final.rejected.numpy()
+    return refusal_check(run.valid_data.pairs, chosen, rejected, score)
 
 
 # ---------------------------------------------------------------- command line
