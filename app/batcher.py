@@ -85,6 +85,12 @@ class BatchReport:
     failed_items: int  # items that failed (alone: the others of the batch were computed)
 
 
+def cut_payloads(payloads: Sequence[Any], lengths: Sequence[int], policy: BatchPolicy) -> list[list[Any]]:
+    """The batches `cut_batches` makes of these payloads of one group, pending together (benchmarks)."""
+    items = [WorkItem(p, n, 0, None) for p, n in zip(payloads, lengths, strict=True)]
+    return [[item.payload for item in batch] for batch in cut_batches(items, policy)]
+
+
 def cut_batches(items: Sequence[WorkItem], policy: BatchPolicy) -> list[list[WorkItem]]:
     """Group by `group` (first-seen order), sort each by length, cut runs within size and token budget."""
     groups: dict[Hashable, list[WorkItem]] = {}

@@ -43,6 +43,11 @@ def cpu_budget(root: Path | None = None) -> int:
     return max(1, cpus)
 
 
+# max_batch_tokens=0 (auto): on CPU, throughput peaks at batches of 8-16 full-length pairs and falls
+# beyond (docs/benchmarks.md); a GPU wants large batches.
+AUTO_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REWARD_", extra="ignore", validate_default=True)
 
@@ -131,6 +136,10 @@ class Settings(BaseSettings):
     max_words: int = Field(400, ge=1)  # longer responses lose length_penalty / 2
     length_penalty: float = Field(0.5, ge=0.0)  # reward lost by too short responses
     repetition_penalty: float = Field(2.0, ge=0.0)  # times (0.5 - unique-word ratio) below 0.5
+
+    def batch_tokens_for(self, device_type: str) -> int:
+        """The token budget of one forward pass on this device type (max_batch_tokens, or its auto value)."""
+        return self.max_batch_tokens or AUTO_BATCH_TOKENS.get(device_type, AUTO_BATCH_TOKENS["cuda"])
 
     @field_validator("toxic_keywords", mode="before")
     @classmethod

@@ -36,15 +36,10 @@ from app.watcher import ModelWatcher
 log = logging.getLogger(__name__)
 
 
-# On CPU, throughput peaks at batches of 8-16 full-length pairs and falls beyond (docs/benchmarks.md);
-# a GPU wants large batches.
-AUTO_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
-
-
 def batch_policy(settings: Settings, device_type: str) -> BatchPolicy:
     return BatchPolicy(
         max_batch_size=settings.max_batch_size,
-        max_batch_tokens=settings.max_batch_tokens or AUTO_BATCH_TOKENS.get(device_type, 16384),
+        max_batch_tokens=settings.batch_tokens_for(device_type),
         max_wait_s=settings.max_wait_ms / 1000,
         queue_size=settings.queue_size,
         max_queue_tokens=settings.max_queue_tokens,

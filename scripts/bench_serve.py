@@ -44,7 +44,8 @@ import torch
 
 from app.backends.devices import configure_torch_threads, resolve_device, resolve_dtype
 from app.backends.warmup import forward_raw
-from app.batcher import BatchPolicy, WorkItem, cut_batches
+from app.batcher import BatchPolicy, cut_payloads
+from app.config import AUTO_BATCH_TOKENS
 from app.errors import CheckpointError
 from app.loadgen import (
     Connections,
@@ -54,7 +55,6 @@ from app.loadgen import (
     rss_mib,
     serving,
 )
-from app.main import AUTO_BATCH_TOKENS
 from app.registry import ModelRegistry
 from app.schemas import ScoreRequest
 from app.store import LoadedVersion, read_current
@@ -236,8 +236,8 @@ def server_like_batches(pairs: list[dict], lengths: list[int], pool: int, seed: 
     order = random.Random(seed).sample(range(len(pairs)), len(pairs))
     batches = []
     for start in range(0, len(order), pool):
-        items = [WorkItem(pairs[i], lengths[i], 0, None) for i in order[start : start + pool]]
-        batches += [[item.payload for item in batch] for batch in cut_batches(items, policy)]
+        chunk = order[start : start + pool]
+        batches += cut_payloads([pairs[i] for i in chunk], [lengths[i] for i in chunk], policy)
     return batches
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.main import AUTO_BATCH_TOKENS
+from app.config import AUTO_BATCH_TOKENS
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_serve.py"
 

@@ -8,8 +8,8 @@ import threading
 from pathlib import Path
 
 from app.batcher import BatchPolicy, MicroBatcher
-from app.config import Settings
-from app.main import AUTO_BATCH_TOKENS, batch_policy
+from app.config import AUTO_BATCH_TOKENS, Settings
+from app.main import batch_policy
 from app.registry import ModelRegistry
 
 

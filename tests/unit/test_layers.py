@@ -34,8 +34,6 @@ HTTP_ONLY = {"client", "adapters", "loadgen"}
 REPO = APP.parent
 ENTRY_POINT_LAYER = 3  # scripts and examples may import public names of layers up to this one
 SCRIPT_EXCEPTIONS = {
-    # the benchmark cuts batches as the server does, with the server's own CPU token budget
-    "scripts/bench_serve.py": {"main"},
     # renders README's example from the app itself, so that the README cannot drift from it
     "scripts/readme_example.py": {"main"},
 }
