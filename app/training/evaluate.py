@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from app.config import Settings
 from app.errors import CheckpointError
 from app.heuristics import HeuristicConfig, heuristic_rewards
-from app.normalize import hybrid
+from app.normalize import hybrid, mixing_weights
 from app.store import LoadedVersion, load_version, read_current
 from app.training.pairs import PreferencePair, read_pairs
 from app.training.plots import plot_evaluation
@@ -36,7 +37,10 @@ from app.training.scoring import backend_rewards
 
 LENGTH_MATCH_TOLERANCE = 0.2  # chosen and rejected within 20% of each other's length count as matched
 CALIBRATION_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # buckets of sigmoid(|gap|)
-HYBRID_ALPHA = 0.5  # the service's default heuristic weight
+# the hybrid the service serves by default: its default mixing weights, from Settings (not the environment)
+HYBRID_WEIGHTS = mixing_weights(
+    None, None, (Settings.model_fields["alpha"].default, Settings.model_fields["beta"].default)
+)
 
 
 @dataclass
@@ -152,7 +156,7 @@ def score_pairs(
     model = backend_rewards(version.backend, prompts, responses).numpy().astype(np.float64)
     heuristic = np.array(heuristic_rewards(responses, heuristics))
     mean, std = version.calibration
-    mixed = hybrid(heuristic, (model - mean) / std, HYBRID_ALPHA, 1 - HYBRID_ALPHA)  # elementwise on arrays
+    mixed = hybrid(heuristic, (model - mean) / std, *HYBRID_WEIGHTS)  # elementwise on arrays
     lengths = np.array([len(r) for r in responses], dtype=np.float64)
     halves = lambda a: (a[:n], a[n : 2 * n])  # noqa: E731
     empty = (model[2 * n : 3 * n], mixed[2 * n : 3 * n])
