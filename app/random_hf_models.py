@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from app.tokenizer import train_tokenizer
 from app.training.pairs import read_pairs
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -36,16 +37,7 @@ def corpus(pairs_per_file: int = 120) -> list[str]:
 def decoder_tokenizer(vocab_size: int = 400):
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=DECODER_SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus(), trainer=trainer)
+    tok = train_tokenizer(corpus(), vocab_size, min_frequency=0, special_tokens=DECODER_SPECIALS)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",

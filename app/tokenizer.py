@@ -141,15 +141,20 @@ def whole_words(encoding: Encoding, drop_first: bool) -> list[int]:
     return [token for token, word in zip(encoding.ids, words, strict=True) if word != edge]
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 16000, min_frequency: int = 2) -> Tokenizer:
-    """Byte-level BPE trained on `texts`; the special tokens take ids 0..3 (`<pad>` is 0)."""
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int = 16000,
+    min_frequency: int = 2,
+    special_tokens: Sequence[str] = SPECIAL_TOKENS,
+) -> Tokenizer:
+    """Byte-level BPE trained on `texts`; the special tokens take the first ids (here `<pad>` is 0)."""
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
