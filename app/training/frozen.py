@@ -11,10 +11,12 @@ the pretrained ones, the layers above and the head are the trained ones.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.distributed as torch_dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
@@ -76,7 +78,11 @@ def cached_lower_states(
     progress: bool = False,
 ) -> list[torch.Tensor]:
     """`lower_states`, read from / written to `cache_dir` when given (keyed by encoder, depth and inputs),
-    so that runs differing only in what is trained above the frozen layers skip the expensive part."""
+    so that runs differing only in what is trained above the frozen layers skip the expensive part.
+
+    Under torch.distributed with a cache directory, each rank computes its share of the inputs and the
+    shares meet through the directory (one machine, or a directory every rank sees); the whole is
+    written once, atomically. Without a cache directory every rank computes every input."""
     if cache_dir is None:
         return lower_states(model, tokenizer, ids, start, progress=progress)
     digest = hashlib.sha256(f"{model.cfg.encoder}:{model.cfg.max_len}:{start}".encode())
@@ -84,13 +90,51 @@ def cached_lower_states(
         digest.update(torch.tensor(sequence, dtype=torch.int32).numpy().tobytes() + b";")
     path = Path(cache_dir) / f"states-{digest.hexdigest()[:24]}.safetensors"
     if path.is_file():
-        flat = load_file(str(path))
-        return list(torch.split(flat["states"], flat["lengths"].tolist()))
-    states = lower_states(model, tokenizer, ids, start, progress=progress)
+        return _read_states(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lengths = torch.tensor([s.shape[0] for s in states])
-    save_file({"states": torch.cat(states), "lengths": lengths}, str(path))
+    rank, world = _rank_and_world()
+    if world == 1:
+        states = lower_states(model, tokenizer, ids, start, progress=progress)
+        _write_states(path, states)
+        return states
+    mine = list(range(rank, len(ids), world))
+    share = lower_states(model, tokenizer, [ids[i] for i in mine], start, progress=progress)
+    _write_states(_share_path(path, rank, world), share)
+    torch_dist.barrier()  # every share written
+    states: list[torch.Tensor] = [torch.empty(0)] * len(ids)
+    for other in range(world):
+        theirs = range(other, len(ids), world)
+        for i, state in zip(theirs, _read_states(_share_path(path, other, world)), strict=True):
+            states[i] = state
+    torch_dist.barrier()  # every share read
+    if rank == 0:
+        _write_states(path, states)
+        for other in range(world):
+            _share_path(path, other, world).unlink(missing_ok=True)
     return states
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        return torch_dist.get_rank(), torch_dist.get_world_size()
+    return 0, 1
+
+
+def _share_path(path: Path, rank: int, world: int) -> Path:
+    return path.with_name(f"{path.stem}.share-{rank}-of-{world}.safetensors")
+
+
+def _read_states(path: Path) -> list[torch.Tensor]:
+    flat = load_file(str(path))
+    return list(torch.split(flat["states"], flat["lengths"].tolist()))
+
+
+def _write_states(path: Path, states: Sequence[torch.Tensor]) -> None:
+    """Written to a temporary name and renamed: a reader never sees half a file."""
+    lengths = torch.tensor([s.shape[0] for s in states])
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    save_file({"states": torch.cat(list(states)), "lengths": lengths}, str(partial))
+    os.replace(partial, path)
 
 
 def pad_states(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
