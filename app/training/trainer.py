@@ -64,7 +64,9 @@ class TrainConfig:
     # loss weight per source, or per source/kind of synthetic pairs (e.g. synthetic/refusal); default 1
     source_weights: dict[str, float] = field(default_factory=dict)
     balance_sources: bool = False  # weight sources so each contributes equally, whatever its size
-    length_balance: bool = False  # per source, equal weight to pairs won by the longer and by the shorter
+    # per source, equal weight to pairs won by the longer and by the shorter answer: in the named sources,
+    # every source when the list is empty; None = off
+    length_balance: list[str] | None = None
     length_penalty: float = 0.0  # weight of the squared reward/length correlation per batch
     center_penalty: float = 0.0  # weight of the squared mean reward per batch
     weights_dtype: str = "float32"  # dtype of the published weights: float32, float16 or bfloat16
@@ -225,10 +227,16 @@ def pair_weights(pairs: Sequence[PreferencePair], cfg: TrainConfig) -> torch.Ten
     sources = Counter(p.source for p in pairs)
     if cfg.balance_sources:
         weights *= torch.tensor([len(pairs) / (len(sources) * sources[p.source]) for p in pairs])
-    if cfg.length_balance:
+    if cfg.length_balance is not None:
+        named = set(cfg.length_balance) or set(sources)
         longer_wins = Counter((p.source, len(p.chosen) > len(p.rejected)) for p in pairs)
         weights *= torch.tensor(
-            [sources[p.source] / (2 * longer_wins[p.source, len(p.chosen) > len(p.rejected)]) for p in pairs]
+            [
+                sources[p.source] / (2 * longer_wins[p.source, len(p.chosen) > len(p.rejected)])
+                if p.source in named
+                else 1.0
+                for p in pairs
+            ]
         )
     if weights.sum() <= 0:
         raise ValueError("every training pair has weight 0: check --source-weights")
@@ -565,8 +573,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="loss weight per source or source/kind, e.g. hh_harmless_base=2,synthetic/refusal=0 (default 1)",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    for name in ("balance_sources", "length_balance"):
-        parser.add_argument(f"--{name.replace('_', '-')}", action="store_true", help=_field_help(name))
+    parser.add_argument("--balance-sources", action="store_true", help=_field_help("balance_sources"))
+    parser.add_argument(
+        "--length-balance",
+        nargs="*",
+        metavar="SOURCE",
+        default=None,
+        help="per source, equal loss weight to training pairs won by the longer and by the shorter answer, "
+        "in the named sources (every source when none is named)",
+    )
     for name, value in asdict(defaults).items():
         if name in ("data", "source_weights", "progress", "balance_sources", "length_balance"):
             continue

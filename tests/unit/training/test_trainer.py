@@ -11,7 +11,7 @@ from app.store import load_version, read_current, verify_version
 from app.training.pairs import TRAIN, PreferencePair, fingerprint, read_pairs, write_pairs
 from app.training.refusal import REFUSALS
 from app.training.scoring import score_responses
-from app.training.trainer import TrainConfig, main, pair_weights, parse_source_weights
+from app.training.trainer import TrainConfig, build_parser, main, pair_weights, parse_source_weights
 
 from .conftest import TINY_TRAIN_ARGS, separable_pairs
 
@@ -100,13 +100,18 @@ def pairs_of(source: str, longer: int, shorter: int) -> list[PreferencePair]:
     ] * shorter
 
 
+def build_config(argv: list[str]) -> TrainConfig:
+    """The TrainConfig the command line makes of these arguments."""
+    return TrainConfig(**vars(build_parser().parse_args(["--data", "pairs.jsonl", *argv])))
+
+
 def total_weight(pairs: list[PreferencePair], weights: torch.Tensor, keep) -> float:
     return sum(w.item() for p, w in zip(pairs, weights, strict=True) if keep(p))
 
 
 def test_balancing_gives_each_source_and_length_side_equal_weight() -> None:
     pairs = pairs_of("a", 30, 10) + pairs_of("b", 5, 5)
-    weights = pair_weights(pairs, TrainConfig(data=[], balance_sources=True, length_balance=True))
+    weights = pair_weights(pairs, TrainConfig(data=[], balance_sources=True, length_balance=[]))
     assert weights.mean().item() == pytest.approx(1.0)
     assert total_weight(pairs, weights, lambda p: p.source == "a") == pytest.approx(
         total_weight(pairs, weights, lambda p: p.source == "b")
@@ -114,6 +119,17 @@ def test_balancing_gives_each_source_and_length_side_equal_weight() -> None:
     a_longer = total_weight(pairs, weights, lambda p: p.source == "a" and p.chosen == "long answer")
     a_shorter = total_weight(pairs, weights, lambda p: p.source == "a" and p.chosen == "short")
     assert a_longer == pytest.approx(a_shorter)
+
+
+def test_length_balance_of_named_sources_leaves_the_others_alone() -> None:
+    pairs = pairs_of("a", 30, 10) + pairs_of("b", 6, 2)
+    weights = pair_weights(pairs, build_config(["--length-balance", "a"]))
+    a_longer = total_weight(pairs, weights, lambda p: p.source == "a" and p.chosen == "long answer")
+    a_shorter = total_weight(pairs, weights, lambda p: p.source == "a" and p.chosen == "short")
+    assert a_longer == pytest.approx(a_shorter)
+    b = [w.item() for p, w in zip(pairs, weights, strict=True) if p.source == "b"]
+    assert b == pytest.approx([b[0]] * 8)  # b keeps its natural mix: every pair weighs the same
+    assert pair_weights(pairs, build_config([])).tolist() == pytest.approx([1.0] * len(pairs))
 
 
 def test_source_weights_scale_the_loss_of_their_source() -> None:
