@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.admission import FAST_REFUSAL, AdmissionPolicy
+from app.config import Settings, batch_tokens, default_of
 from app.errors import InferenceError, NotReady
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,29 @@ PIPELINE_DEPTH = 2
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    max_batch_size: int = 64  # items per batch
-    max_batch_tokens: int = 16384  # batch size x longest length, the padded cost of one batch
-    max_wait_s: float = 0.002  # wait after the oldest pending item for a batch to fill
-    queue_size: int = 4096  # items pending at most; more are refused with Overloaded
-    max_queue_tokens: int = 1 << 20  # tokens pending at most; more are refused with Overloaded
-    retry_after_s: int = 1  # advertised to refused clients
-    max_queue_wait_s: float = 0.0  # refuse work expected to wait longer in the queue (0 = no such limit)
+    """The batcher's bounds. Defaults: the Settings fields of the same names (app/config.py says what each
+    means); the token budget is the auto one of a device type not known here (cuda's)."""
+
+    max_batch_size: int = default_of("max_batch_size")  # items per batch
+    max_batch_tokens: int = batch_tokens(default_of("max_batch_tokens"), "cuda")  # size x longest length
+    max_wait_s: float = default_of("max_wait_ms") / 1000  # wait after the oldest pending item for more
+    queue_size: int = default_of("queue_size")  # items pending at most; more are refused with Overloaded
+    max_queue_tokens: int = default_of("max_queue_tokens")  # tokens pending at most; more are refused
+    retry_after_s: int = default_of("retry_after_s")  # advertised to refused clients
+    max_queue_wait_s: float = default_of("max_queue_wait_s")  # refuse work expected to wait longer (0 = off)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, device_type: str) -> BatchPolicy:
+        """The policy the service runs with on this device type (cpu or cuda)."""
+        return cls(
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.batch_tokens_for(device_type),
+            max_wait_s=settings.max_wait_ms / 1000,
+            queue_size=settings.queue_size,
+            max_queue_tokens=settings.max_queue_tokens,
+            retry_after_s=settings.retry_after_s,
+            max_queue_wait_s=settings.max_queue_wait_s,
+        )
 
     def __post_init__(self) -> None:
         if min(self.max_batch_size, self.max_batch_tokens, self.queue_size, self.max_queue_tokens) < 1:

@@ -20,15 +20,9 @@ from app.backends.choice import ONNX_PATHS, MeasuredBackend, candidate_names, me
 from app.backends.devices import enable_tf32, resolve_device, resolve_dtype
 from app.backends.onnx import onnx_available
 from app.backends.warmup import warm_up
+from app.config import default_of
 from app.errors import CheckpointError
-from app.store import (
-    DEFAULT_MAX_MODEL_BYTES,
-    LoadedVersion,
-    load_version,
-    read_current,
-    verify_version,
-    version_dir,
-)
+from app.store import LoadedVersion, load_version, read_current, verify_version, version_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,11 +44,11 @@ class ModelRegistry:
     def __init__(
         self,
         store: Path,
-        device: str = "auto",
-        dtype: str = "auto",
-        execution_path: str = "auto",
+        device: str = default_of("device"),
+        dtype: str = default_of("dtype"),
+        execution_path: str = default_of("execution_path"),
         onnx_cache: Path | None = None,
-        max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+        max_model_bytes: int = default_of("max_model_bytes"),
     ):
         self.store = Path(store)
         self.max_model_bytes = max_model_bytes  # a version needing more memory to load is refused

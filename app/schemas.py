@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.config import NormalizeMode
+from app.config import NormalizeMode, default_of
 from app.templating import split_conversation
 
 NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -52,7 +52,10 @@ class Pair(StrictModel):
 
 class ScoreOptions(StrictModel):
     alpha: float | None = Field(
-        None, ge=0.0, le=1.0, description="Heuristic weight in [0, 1]; default from the server (0.5)."
+        None,
+        ge=0.0,
+        le=1.0,
+        description=f"Heuristic weight in [0, 1]; default from the server ({default_of('alpha')}).",
     )
     beta: float | None = Field(
         None, ge=0.0, le=1.0, description="Model weight in [0, 1]; alpha and beta are normalized to sum 1."

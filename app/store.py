@@ -40,6 +40,7 @@ from app.backends import RewardBackend
 from app.backends.devices import TORCH_DTYPES
 from app.backends.hf import HF_DIR, HFBackend, HFSpec
 from app.backends.native import NativeBackend
+from app.config import default_of
 from app.errors import CheckpointError
 from app.model import RewardModel, RewardModelConfig
 from app.tokenizer import EncodingSpec, PairTokenizer
@@ -60,7 +61,6 @@ _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 READABLE_FILE, READABLE_DIR = 0o644, 0o755
 
 # --- limits checked before a checkpoint's weights are allocated ---
-DEFAULT_MAX_MODEL_BYTES = 8 * 1024**3  # weights as loaded (float32) plus the file's tensors, at most
 # a safetensors header (JSON) of a model this service builds is a few kB; real encoders stay under 1 MiB
 MAX_SAFETENSORS_HEADER_BYTES = 4 * 1024**2
 MAX_TENSORS = 10_000  # tensors in one weights file (a 64-layer model has about 1,000)
@@ -308,7 +308,7 @@ def _read_native(directory: Path, config: dict, max_model_bytes: int) -> tuple[R
 def load_version(
     directory: str | Path,
     device: str | torch.device = "cpu",
-    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+    max_model_bytes: int = default_of("max_model_bytes"),
     manifest: dict | None = None,
 ) -> LoadedVersion:
     """Rebuild a model from a version directory alone, after verifying every checksum (`manifest`: what

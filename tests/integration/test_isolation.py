@@ -24,10 +24,11 @@ from app.admission import Admission, PairPayload, encode_request
 from app.batcher import BatchPolicy, BatchReport, MicroBatcher
 from app.config import Settings
 from app.errors import InferenceError, InvalidInput, NotReady, Overloaded
+from app.heuristics import HeuristicConfig
 from app.normalize import RunningStats
 from app.registry import ModelRegistry
 from app.schemas import Pair, ScoreBatchRequest, ScoreOptions, ScoreRequest
-from app.service import BatchScorer, ModelHealth, ScoringDefaults, ScoringService, heuristic_config
+from app.service import BatchScorer, ModelHealth, ScoringDefaults, ScoringService
 from tests.conftest import RunningServer, sample_texts, start_server
 
 INNOCENT = [Pair(prompt=text, response=text[::-1]) for text in sample_texts(7, seed=5)]
@@ -38,7 +39,7 @@ def build_service(store: Path, policy: BatchPolicy, reports: list[BatchReport]) 
     registry.activate(registry.load())
     health = ModelHealth()
     batcher = MicroBatcher(BatchScorer(health), policy, reports.append, executor=registry.compute)
-    admission = Admission(heuristic_config())
+    admission = Admission(HeuristicConfig())
     stats = RunningStats(0.99, 1e-6, 16)
     return ScoringService(
         registry,

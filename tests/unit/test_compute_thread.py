@@ -9,7 +9,6 @@ from pathlib import Path
 
 from app.batcher import BatchPolicy, MicroBatcher
 from app.config import AUTO_BATCH_TOKENS, Settings
-from app.main import batch_policy
 from app.registry import ModelRegistry
 
 
@@ -35,6 +34,6 @@ def test_batches_and_model_loads_share_the_registry_compute_thread(tmp_path: Pat
 
 
 def test_the_token_budget_is_sized_per_device_unless_set() -> None:
-    assert batch_policy(Settings(), "cpu").max_batch_tokens == AUTO_BATCH_TOKENS["cpu"] == 2048
-    assert batch_policy(Settings(), "cuda").max_batch_tokens == AUTO_BATCH_TOKENS["cuda"]
-    assert batch_policy(Settings(max_batch_tokens=500), "cpu").max_batch_tokens == 500
+    assert BatchPolicy.from_settings(Settings(), "cpu").max_batch_tokens == AUTO_BATCH_TOKENS["cpu"] == 2048
+    assert BatchPolicy.from_settings(Settings(), "cuda").max_batch_tokens == AUTO_BATCH_TOKENS["cuda"]
+    assert BatchPolicy.from_settings(Settings(max_batch_tokens=500), "cpu").max_batch_tokens == 500
