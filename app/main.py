@@ -23,6 +23,7 @@ from app.api.middleware import (
 )
 from app.backends.devices import configure_torch_threads
 from app.batcher import BatchPolicy, MicroBatcher
+from app.compute import ComputeThread
 from app.config import Settings
 from app.heuristics import HeuristicConfig
 from app.metrics import ServiceMetrics
@@ -92,16 +93,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     configure_torch_threads(settings.torch_threads)
     metrics: ServiceMetrics = app.state.metrics
+    compute = ComputeThread()  # forward passes and model loads share the one torch thread
     registry = ModelRegistry(
         settings.model_store, settings.device, settings.dtype, settings.execution_path, settings.onnx_cache,
-        settings.max_model_bytes,
+        settings.max_model_bytes, compute,
     )  # fmt: skip
     health = ModelHealth()
     batcher = MicroBatcher(
         BatchScorer(health),
         BatchPolicy.from_settings(settings, registry.device.type),
         metrics.observe_batch,
-        executor=registry.compute,  # forward passes and model loads share the one torch thread
+        compute,
     )
     metrics.track_queue_depth(lambda: batcher.queue_depth)
     stats, defaults = running_stats_of(settings), ScoringDefaults.from_settings(settings)
@@ -133,7 +135,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await watcher.stop()
         await batcher.stop()
         await asyncio.to_thread(admission.close)
-        await asyncio.to_thread(registry.close)  # waits for a load still running on the compute thread
+        await asyncio.to_thread(compute.close)  # waits for a load still running on the compute thread
         await save_snapshot(service.running_stats, settings, metrics)
 
 

@@ -1,5 +1,5 @@
 """ScoringService without HTTP: the tiny real checkpoint, a real MicroBatcher and BatchScorer on the
-registry's compute thread, exactly as the server builds them."""
+compute thread the registry loads on, as the server builds them."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def with_service(
 
     async def run() -> T:
         health = ModelHealth()
-        batcher = MicroBatcher(BatchScorer(health), BatchPolicy(max_batch_size=4), executor=registry.compute)
+        batcher = MicroBatcher(BatchScorer(health), BatchPolicy(max_batch_size=4), compute=registry.compute)
         admission = Admission(HeuristicConfig())
         stats = RunningStats(momentum=0.9, eps=1e-6, max_namespaces=8)
         service = ScoringService(
