@@ -20,6 +20,8 @@ from pydantic import (
 )
 
 from app.config import NormalizeMode, default_of
+from app.errors import CheckpointError
+from app.names import validate_version_name
 from app.templating import split_conversation
 
 NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -261,6 +263,27 @@ class HealthResponse(BaseModel):
         description="Running-statistics snapshot (readiness only): last_success (Unix time or null), "
         "failures so far, last_error (null once a snapshot succeeds). Failures never make it unready.",
     )
+
+
+class ReloadRequest(StrictModel):
+    version: str | None = Field(
+        None, description="The version to load; default: the store's CURRENT. Naming one also moves CURRENT."
+    )
+
+    @field_validator("version")
+    @classmethod
+    def check_version_name(cls, value: str | None) -> str | None:
+        try:
+            return value if value is None else validate_version_name(value)
+        except CheckpointError as exc:
+            raise ValueError(exc.message) from exc
+
+
+class ReloadResponse(BaseModel):
+    outcome: str = Field(description="success, rollback, or unchanged when the version already serves.")
+    model_version: str = Field(description="The version serving from now on.")
+    previous_version: str | None = Field(description="The version it replaced (kept loaded for a rollback).")
+    load_seconds: float | None = Field(description="Time to verify, load and warm up the new version.")
 
 
 class ErrorBody(BaseModel):

@@ -43,6 +43,7 @@ from app.backends.native import NativeBackend
 from app.config import default_of
 from app.errors import CheckpointError
 from app.model import RewardModel, RewardModelConfig
+from app.names import validate_version_name
 from app.tokenizer import EncodingSpec, PairTokenizer
 
 if TYPE_CHECKING:  # the registry sets it; the store only carries it
@@ -56,7 +57,6 @@ REQUIRED_FILES = {
     "hf": ("config.json", "metrics.json", f"{HF_DIR}/config.json"),
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # mkstemp/mkdtemp create owner-only files; a store is read by the service, often as another user
 READABLE_FILE, READABLE_DIR = 0o644, 0o755
 
@@ -69,16 +69,6 @@ ARCHITECTURE_BOUNDS = {
     "vocab_size": 1_048_576, "max_len": 16_384, "hidden": 8_192, "layers": 64, "heads": 128, "ffn_ratio": 16,
 }  # fmt: skip
 SAFETENSORS_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2}  # what save_checkpoint_files writes
-
-
-def validate_version_name(version: str) -> str:
-    """Refuse names that could escape the store (`..`, `/`) or hide (`.tmp-*`)."""
-    if not isinstance(version, str) or not _VERSION_NAME.match(version) or ".." in version:
-        raise CheckpointError(
-            f"invalid version name {version!r}: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return version
 
 
 def new_version_name() -> str:
