@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from app.backends import EncodeError
+from app.config import default_of
 from app.errors import InvalidInput, Overloaded
 from app.heuristics import HeuristicConfig, HeuristicScore, heuristic_score
 from app.schemas import Pair
@@ -73,7 +74,12 @@ class Admission:
     """Encodes requests at admission on a few dedicated threads (never the event loop, never the compute
     thread); beyond `threads * PENDING_PER_TOKENIZE_THREAD` requests waiting, Overloaded at once."""
 
-    def __init__(self, heuristics: HeuristicConfig, threads: int = 2, retry_after_s: int = 1):
+    def __init__(
+        self,
+        heuristics: HeuristicConfig,
+        threads: int = default_of("tokenize_threads"),
+        retry_after_s: int = default_of("retry_after_s"),
+    ):
         self.heuristics = heuristics
         self.max_pending = threads * PENDING_PER_TOKENIZE_THREAD
         self.retry_after_s = retry_after_s

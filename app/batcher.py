@@ -2,8 +2,8 @@
 
 It knows neither HTTP nor torch. Callers submit payloads with their exact length in tokens and a group key
 (items of different groups, e.g. model versions, never share a batch); `run_batch(list[payload]) ->
-list[result]` runs in a single worker thread (its own, or one given and shared, e.g. with model loading)
-so the event loop keeps accepting requests while the model computes.
+list[result]` runs on a single compute thread (app/compute.py: its own, or the service's, shared with
+model loading) so the event loop keeps accepting requests while the model computes.
 
 When the worker is free and items are pending, it starts at once unless more are on their way (callers
 announce requests they are still preparing with `incoming()`): then it waits at most `max_wait_s` after
@@ -31,11 +31,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.admission import FAST_REFUSAL, AdmissionPolicy
+from app.compute import ComputeThread
+from app.config import Settings, batch_tokens, default_of
 from app.errors import InferenceError, NotReady
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,29 @@ PIPELINE_DEPTH = 2
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    max_batch_size: int = 64  # items per batch
-    max_batch_tokens: int = 16384  # batch size x longest length, the padded cost of one batch
-    max_wait_s: float = 0.002  # wait after the oldest pending item for a batch to fill
-    queue_size: int = 4096  # items pending at most; more are refused with Overloaded
-    max_queue_tokens: int = 1 << 20  # tokens pending at most; more are refused with Overloaded
-    retry_after_s: int = 1  # advertised to refused clients
-    max_queue_wait_s: float = 0.0  # refuse work expected to wait longer in the queue (0 = no such limit)
+    """The batcher's bounds. Defaults: the Settings fields of the same names (app/config.py says what each
+    means); the token budget is the auto one of a device type not known here (cuda's)."""
+
+    max_batch_size: int = default_of("max_batch_size")  # items per batch
+    max_batch_tokens: int = batch_tokens(default_of("max_batch_tokens"), "cuda")  # size x longest length
+    max_wait_s: float = default_of("max_wait_ms") / 1000  # wait after the oldest pending item for more
+    queue_size: int = default_of("queue_size")  # items pending at most; more are refused with Overloaded
+    max_queue_tokens: int = default_of("max_queue_tokens")  # tokens pending at most; more are refused
+    retry_after_s: int = default_of("retry_after_s")  # advertised to refused clients
+    max_queue_wait_s: float = default_of("max_queue_wait_s")  # refuse work expected to wait longer (0 = off)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, device_type: str) -> BatchPolicy:
+        """The policy the service runs with on this device type (cpu or cuda)."""
+        return cls(
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.batch_tokens_for(device_type),
+            max_wait_s=settings.max_wait_ms / 1000,
+            queue_size=settings.queue_size,
+            max_queue_tokens=settings.max_queue_tokens,
+            retry_after_s=settings.retry_after_s,
+            max_queue_wait_s=settings.max_queue_wait_s,
+        )
 
     def __post_init__(self) -> None:
         if min(self.max_batch_size, self.max_batch_tokens, self.queue_size, self.max_queue_tokens) < 1:
@@ -115,7 +132,7 @@ class MicroBatcher:
         run_batch: Callable[[list[Any]], list[Any]],
         policy: BatchPolicy,
         on_batch: Callable[[BatchReport], None] | None = None,
-        executor: ThreadPoolExecutor | None = None,
+        compute: ComputeThread | None = None,
     ):
         self.run_batch = run_batch
         self.policy = policy
@@ -127,8 +144,8 @@ class MicroBatcher:
         self._pending: deque[WorkItem] = deque()
         self._arrived = asyncio.Event()
         # batches run one at a time on a single thread: given (shared with model loading) or our own
-        self._owns_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self._owns_compute = compute is None
+        self._compute = compute or ComputeThread("forward")
         self._worker: asyncio.Task | None = None
 
     @property
@@ -151,8 +168,8 @@ class MicroBatcher:
             if not item.future.done():
                 item.future.set_exception(NotReady("the service is shutting down"))
         self._queued_tokens = 0
-        if self._owns_executor:
-            self._executor.shutdown(wait=True)
+        if self._owns_compute:
+            self._compute.close()
 
     @contextlib.contextmanager
     def incoming(self) -> Iterator[None]:
@@ -322,9 +339,7 @@ class MicroBatcher:
         started = time.monotonic()
         payloads = [item.payload for item in batch]
         try:
-            results, started, finished = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._call, payloads
-            )
+            results, started, finished = await self._compute.run(self._call, payloads)
         except Exception as exc:  # a broken run_batch (wrong result count) fails this batch only
             log.exception("batch of %d items failed", len(batch))
             results = [InferenceError(f"inference failed for this batch: {exc}")] * len(batch)

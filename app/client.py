@@ -18,13 +18,14 @@ The client speaks HTTP only; it imports no server module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -115,23 +116,69 @@ def refusal_from(response: httpx.Response) -> RewardRequestError:
 
 
 class _Attempts:
-    """One request's walk over the base URLs: which URL next, and whether (and how long) to wait."""
+    """One request's walk over the base URLs: which URL next, and whether (and how long) to wait.
+
+    Both clients iterate it (`for url in attempts`, `async for url in attempts`): each step waits as the
+    retry policy says (not before the first attempt) and gives the URL of the next attempt, whose outcome
+    the caller records, `answered(response)` within `recording()` (which records a transport error). The
+    iteration ends after a success (`response`); it raises RewardRequestError on an answer that a retry
+    would not change, and RewardUnavailableError when the retries are spent.
+    """
 
     def __init__(self, core: _ClientCore):
         self._core = core
         self._start = core.preferred
-        self._number = 0
+        self._number = -1  # no attempt yet
         self._round_retry_after = 0.0
         self._last = ""
+        self._outcome: httpx.Response | httpx.TransportError | None = None
+        self.response: httpx.Response | None = None  # the successful answer, once there is one
 
     def url(self) -> str:
         return self._core.base_urls[(self._start + self._number) % len(self._core.base_urls)]
 
-    def delay_before_next(self, outcome: httpx.Response | httpx.TransportError) -> float | None:
-        """None when `outcome` is a success; else the wait before the next attempt, or raise when done."""
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Around one attempt: a transport error that ends it is its outcome."""
+        try:
+            yield
+        except httpx.TransportError as exc:
+            self._outcome = exc
+
+    def answered(self, response: httpx.Response) -> None:
+        self._outcome = response
+
+    def __iter__(self) -> _Attempts:
+        return self
+
+    def __aiter__(self) -> _Attempts:
+        return self
+
+    def __next__(self) -> str:
+        wait = self._next_wait(StopIteration)
+        if wait is not None:
+            time.sleep(wait)
+        return self.url()
+
+    async def __anext__(self) -> str:
+        wait = self._next_wait(StopAsyncIteration)
+        if wait is not None:
+            await asyncio.sleep(wait)
+        return self.url()
+
+    def _next_wait(self, stop: type[Exception]) -> float | None:
+        """None before the first attempt; after one, `stop` when it succeeded, else the wait before the
+        next attempt (or raise when there is none)."""
+        if self._number < 0:
+            self._number = 0
+            return None
+        outcome, self._outcome = self._outcome, None
+        if outcome is None:
+            raise RuntimeError("an attempt ended without recording its outcome")
         if isinstance(outcome, httpx.Response) and outcome.is_success:
             self._core.preferred = (self._start + self._number) % len(self._core.base_urls)
-            return None
+            self.response = outcome
+            raise stop
         self._record_failure(outcome)
         self._number += 1
         if self._number > self._core.retry.max_retries:
@@ -155,11 +202,19 @@ class _Attempts:
         log.debug("reward request attempt %d failed: %s", self._number + 1, self._last)
 
 
+SCORE_BATCH = ("POST", "/score_batch")  # the request that scores a chunk
+
+
 @dataclass(frozen=True)
 class _Chunk:
     indices: list[int]  # positions of the chunk's pairs in the caller's batch
     body: dict[str, Any]
     headers: dict[str, str]
+
+    @property
+    def request(self) -> dict[str, Any]:
+        """The keyword arguments of its SCORE_BATCH request."""
+        return {"json": self.body, "headers": self.headers}
 
 
 class _ClientCore:
@@ -225,8 +280,9 @@ class _ClientCore:
         items = [{"prompt": prompts[i], "response": responses[i]} for i in indices]
         return _Chunk(indices, {"items": items, **options}, headers)
 
-    def rewards_of(self, chunk: _Chunk, body: dict[str, Any]) -> list[float]:
-        rewards = body.get("rewards")
+    def rewards_of(self, chunk: _Chunk, response: httpx.Response) -> list[float]:
+        """The chunk's rewards from the service's answer to its request."""
+        rewards = response.json().get("rewards")
         if not isinstance(rewards, list) or len(rewards) != len(chunk.indices):
             got = len(rewards) if isinstance(rewards, list) else type(rewards).__name__
             raise RewardClientError(f"the service answered {got} rewards for {len(chunk.indices)} pairs")
@@ -363,22 +419,14 @@ class RewardClient(_ClientBase):
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Any endpoint with the client's retries and failover; returns the successful response."""
         attempts = self._core.attempts()
-        while True:
-            try:
-                outcome: httpx.Response | httpx.TransportError = self._http.request(
-                    method, attempts.url() + path, **kwargs
-                )
-            except httpx.TransportError as exc:
-                outcome = exc
-            delay = attempts.delay_before_next(outcome)
-            if delay is None:
-                return outcome
-            time.sleep(delay)
+        for url in attempts:  # waits before a retry; raises when retrying would not help
+            with attempts.recording():
+                attempts.answered(self._http.request(method, url + path, **kwargs))
+        return attempts.response
 
     def _outcome(self, chunk: _Chunk) -> Outcome:
         try:
-            response = self.request("POST", "/score_batch", json=chunk.body, headers=chunk.headers)
-            return self._core.rewards_of(chunk, response.json())
+            return self._core.rewards_of(chunk, self.request(*SCORE_BATCH, **chunk.request))
         except RewardClientError as exc:
             return exc
 
@@ -426,22 +474,14 @@ class AsyncRewardClient(_ClientBase):
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Any endpoint with the client's retries and failover; returns the successful response."""
         attempts = self._core.attempts()
-        while True:
-            try:
-                outcome: httpx.Response | httpx.TransportError = await self._http.request(
-                    method, attempts.url() + path, **kwargs
-                )
-            except httpx.TransportError as exc:
-                outcome = exc
-            delay = attempts.delay_before_next(outcome)
-            if delay is None:
-                return outcome
-            await asyncio.sleep(delay)
+        async for url in attempts:  # waits before a retry; raises when retrying would not help
+            with attempts.recording():
+                attempts.answered(await self._http.request(method, url + path, **kwargs))
+        return attempts.response
 
     async def _outcome(self, chunk: _Chunk) -> Outcome:
         try:
-            response = await self.request("POST", "/score_batch", json=chunk.body, headers=chunk.headers)
-            return self._core.rewards_of(chunk, response.json())
+            return self._core.rewards_of(chunk, await self.request(*SCORE_BATCH, **chunk.request))
         except RewardClientError as exc:
             return exc
 

@@ -1,6 +1,8 @@
 """Service settings: pydantic-settings with the `REWARD_` env prefix; `reward-serve` flags override env.
 
 Every field has one comment; validators refuse values that would make the service unsafe or useless.
+Settings hold every default of the service: other modules take theirs with `default_of(name)` (or
+build from a Settings object), never a literal of their own.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -46,6 +48,11 @@ def cpu_budget(root: Path | None = None) -> int:
 # max_batch_tokens=0 (auto): on CPU, throughput peaks at batches of 8-16 full-length pairs and falls
 # beyond (docs/benchmarks.md); a GPU wants large batches.
 AUTO_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
+
+
+def batch_tokens(max_batch_tokens: int, device_type: str) -> int:
+    """The token budget of one forward pass on this device type: `max_batch_tokens`, or its auto value."""
+    return max_batch_tokens or AUTO_BATCH_TOKENS.get(device_type, AUTO_BATCH_TOKENS["cuda"])
 
 
 class Settings(BaseSettings):
@@ -139,7 +146,7 @@ class Settings(BaseSettings):
 
     def batch_tokens_for(self, device_type: str) -> int:
         """The token budget of one forward pass on this device type (max_batch_tokens, or its auto value)."""
-        return self.max_batch_tokens or AUTO_BATCH_TOKENS.get(device_type, AUTO_BATCH_TOKENS["cuda"])
+        return batch_tokens(self.max_batch_tokens, device_type)
 
     @field_validator("toxic_keywords", mode="before")
     @classmethod
@@ -172,3 +179,8 @@ class Settings(BaseSettings):
         if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 16:
             raise ValueError("admin_token must be at least 16 characters (use a random secret)")
         return self
+
+
+def default_of(name: str) -> Any:
+    """The default of the Settings field `name` (what the service runs with when nothing sets it)."""
+    return Settings.model_fields[name].get_default(call_default_factory=True)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from app.config import default_of
+
 
 class RewardServiceError(Exception):
     """Base class: every error the service raises on purpose."""
@@ -36,7 +38,7 @@ class ServerBusy(Overloaded):
 class NotReady(RewardServiceError):
     """No model is loaded and warmed up yet (or it cannot serve)."""
 
-    def __init__(self, message: str, retry_after: int = 1):
+    def __init__(self, message: str, retry_after: int = default_of("retry_after_s")):
         super().__init__(message)
         self.retry_after = retry_after
 

@@ -12,7 +12,9 @@ stream of them costs the full weight.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
+
+from app.config import Settings, default_of
 
 DEFAULT_TOXIC_KEYWORDS = (
     "idiot", "idiots", "stupid", "moron", "morons", "dumb", "loser", "losers", "pathetic", "worthless",
@@ -25,14 +27,22 @@ _WORD = re.compile(r"[\w']+")
 
 @dataclass(frozen=True)
 class HeuristicConfig:
-    toxic_keywords: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_TOXIC_KEYWORDS))
-    toxicity_weight: float = 1.0  # reward lost at full toxicity
-    toxicity_threshold: float = 0.0  # toxic-keyword ratio above which toxicity is penalized
-    toxicity_saturation: float = 0.1  # toxic-keyword ratio counted as full toxicity
-    min_words: int = 3  # shorter responses lose length_penalty
-    max_words: int = 400  # longer responses lose length_penalty / 2
-    length_penalty: float = 0.5
-    repetition_penalty: float = 2.0  # times (0.5 - unique-word ratio) when that ratio is below 0.5
+    """The heuristic's rules. Defaults: the Settings fields of the same names (app/config.py says what each
+    means); Settings' toxic_keywords None means the built-in DEFAULT_TOXIC_KEYWORDS."""
+
+    toxic_keywords: frozenset[str] = frozenset(DEFAULT_TOXIC_KEYWORDS)
+    toxicity_weight: float = default_of("toxicity_weight")
+    toxicity_threshold: float = default_of("toxicity_threshold")
+    toxicity_saturation: float = default_of("toxicity_saturation")
+    min_words: int = default_of("min_words")
+    max_words: int = default_of("max_words")
+    length_penalty: float = default_of("length_penalty")
+    repetition_penalty: float = default_of("repetition_penalty")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HeuristicConfig:
+        weights = settings.model_dump(include={f.name for f in fields(cls)} - {"toxic_keywords"})
+        return cls(frozenset(settings.toxic_keywords or DEFAULT_TOXIC_KEYWORDS), **weights)
 
 
 @dataclass(frozen=True)

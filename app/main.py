@@ -7,7 +7,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import fields
 
 from fastapi import FastAPI
 
@@ -24,33 +23,17 @@ from app.api.middleware import (
 )
 from app.backends.devices import configure_torch_threads
 from app.batcher import BatchPolicy, MicroBatcher
+from app.compute import ComputeThread
 from app.config import Settings
 from app.heuristics import HeuristicConfig
 from app.metrics import ServiceMetrics
 from app.normalize import RunningStats, write_snapshot
 from app.registry import ModelRegistry
-from app.service import BatchScorer, ModelHealth, ScoringDefaults, ScoringService, heuristic_config
+from app.service import BatchScorer, ModelHealth, ScoringDefaults, ScoringService
 from app.store import remove_stale_temporaries
 from app.watcher import ModelWatcher
 
 log = logging.getLogger(__name__)
-
-
-def batch_policy(settings: Settings, device_type: str) -> BatchPolicy:
-    return BatchPolicy(
-        max_batch_size=settings.max_batch_size,
-        max_batch_tokens=settings.batch_tokens_for(device_type),
-        max_wait_s=settings.max_wait_ms / 1000,
-        queue_size=settings.queue_size,
-        max_queue_tokens=settings.max_queue_tokens,
-        retry_after_s=settings.retry_after_s,
-        max_queue_wait_s=settings.max_queue_wait_s,
-    )
-
-
-def heuristics_of(settings: Settings) -> HeuristicConfig:
-    weights = {f.name for f in fields(HeuristicConfig)} - {"toxic_keywords"}
-    return heuristic_config(settings.toxic_keywords, **settings.model_dump(include=weights))
 
 
 def running_stats_of(settings: Settings) -> RunningStats:
@@ -110,20 +93,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     configure_torch_threads(settings.torch_threads)
     metrics: ServiceMetrics = app.state.metrics
+    compute = ComputeThread()  # forward passes and model loads share the one torch thread
     registry = ModelRegistry(
         settings.model_store, settings.device, settings.dtype, settings.execution_path, settings.onnx_cache,
-        settings.max_model_bytes,
+        settings.max_model_bytes, compute,
     )  # fmt: skip
     health = ModelHealth()
     batcher = MicroBatcher(
         BatchScorer(health),
-        batch_policy(settings, registry.device.type),
+        BatchPolicy.from_settings(settings, registry.device.type),
         metrics.observe_batch,
-        executor=registry.compute,  # forward passes and model loads share the one torch thread
+        compute,
     )
     metrics.track_queue_depth(lambda: batcher.queue_depth)
     stats, defaults = running_stats_of(settings), ScoringDefaults.from_settings(settings)
-    admission = Admission(heuristics_of(settings), settings.tokenize_threads, settings.retry_after_s)
+    admission = Admission(
+        HeuristicConfig.from_settings(settings), settings.tokenize_threads, settings.retry_after_s
+    )
     service = ScoringService(registry, batcher, admission, health, stats, defaults, metrics)
     watcher = ModelWatcher(registry, metrics, settings.reload_interval)
     app.state.registry, app.state.batcher, app.state.service = registry, batcher, service
@@ -149,7 +135,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await watcher.stop()
         await batcher.stop()
         await asyncio.to_thread(admission.close)
-        await asyncio.to_thread(registry.close)  # waits for a load still running on the compute thread
+        await asyncio.to_thread(compute.close)  # waits for a load still running on the compute thread
         await save_snapshot(service.running_stats, settings, metrics)
 
 

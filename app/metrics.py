@@ -57,6 +57,38 @@ PADDING_RATIO_BUCKETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.
 # penalties, so [-5, 5] in steps of 0.5 holds ordinary traffic and shows a drift of half a std
 REWARD_BUCKETS = linear_buckets(-5.0, 5.0, 0.5)
 
+# the histograms of ServiceMetrics: attribute -> (metric name, help, label names, buckets)
+HISTOGRAMS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
+    "request_duration": (
+        "reward_request_duration_seconds", "Time from request received to response sent, by route.",
+        ("endpoint",), DURATION_BUCKETS,
+    ),
+    "queue_wait": (
+        "reward_queue_wait_seconds", "Time an item waited in the queue before its batch started.",
+        (), DURATION_BUCKETS,
+    ),
+    "forward_duration": (
+        "reward_forward_duration_seconds", "Time to score one micro-batch (tokens, forward, heuristics).",
+        (), DURATION_BUCKETS,
+    ),
+    "batch_size": ("reward_batch_size", "Items per micro-batch.", (), BATCH_SIZE_BUCKETS),
+    "batch_tokens": (
+        "reward_batch_tokens", "Padded tokens per micro-batch (items x longest estimated length).",
+        (), BATCH_TOKEN_BUCKETS,
+    ),
+    "padding_ratio": (
+        "reward_batch_padding_ratio", "Share of a micro-batch's padded tokens that is padding.",
+        (), PADDING_RATIO_BUCKETS,
+    ),
+    "reward_value": (
+        "reward_value", "Rewards handed out, by part: hybrid, model (calibrated) and heuristic.",
+        ("kind",), REWARD_BUCKETS,
+    ),
+    "model_load": (
+        "reward_model_load_seconds", "Time to verify, load and warm up a model version.", (), LOAD_BUCKETS,
+    ),
+}  # fmt: skip
+
 
 class BatchStats(Protocol):
     """What the micro-batcher reports about one batch (its BatchReport has these fields)."""
@@ -69,9 +101,22 @@ class BatchStats(Protocol):
 
 
 class ServiceMetrics:
+    # built from HISTOGRAMS
+    request_duration: Histogram
+    queue_wait: Histogram
+    forward_duration: Histogram
+    batch_size: Histogram
+    batch_tokens: Histogram
+    padding_ratio: Histogram
+    reward_value: Histogram
+    model_load: Histogram
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu, open fds
+        for attribute, (name, documentation, labels, buckets) in HISTOGRAMS.items():
+            histogram = Histogram(name, documentation, labels, buckets=buckets, registry=self.registry)
+            setattr(self, attribute, histogram)
         self._define_http()
         self._define_batching()
         self._define_model()
@@ -83,10 +128,6 @@ class ServiceMetrics:
             "reward_requests_total", "HTTP requests by route template and status code.",
             ["endpoint", "status"], registry=r,
         )  # fmt: skip
-        self.request_duration = Histogram(
-            "reward_request_duration_seconds", "Time from request received to response sent, by route.",
-            ["endpoint"], buckets=DURATION_BUCKETS, registry=r,
-        )  # fmt: skip
         self.inflight = Gauge("reward_inflight_requests", "HTTP requests being handled now.", registry=r)
         self.shed = Counter(
             "reward_shed_total", "Requests refused with 429 (queue full or wait too long).", registry=r
@@ -95,29 +136,6 @@ class ServiceMetrics:
     def _define_batching(self) -> None:
         r = self.registry
         self.queue_depth = Gauge("reward_queue_depth", "Items waiting in the micro-batch queue.", registry=r)
-        self.queue_wait = Histogram(
-            "reward_queue_wait_seconds", "Time an item waited in the queue before its batch started.",
-            buckets=DURATION_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.forward_duration = Histogram(
-            "reward_forward_duration_seconds", "Time to score one micro-batch (tokens, forward, heuristics).",
-            buckets=DURATION_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.batch_size = Histogram(
-            "reward_batch_size", "Items per micro-batch.", buckets=BATCH_SIZE_BUCKETS, registry=r
-        )
-        self.batch_tokens = Histogram(
-            "reward_batch_tokens", "Padded tokens per micro-batch (items x longest estimated length).",
-            buckets=BATCH_TOKEN_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.padding_ratio = Histogram(
-            "reward_batch_padding_ratio", "Share of a micro-batch's padded tokens that is padding.",
-            buckets=PADDING_RATIO_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.reward_value = Histogram(
-            "reward_value", "Rewards handed out, by part: hybrid, model (calibrated) and heuristic.",
-            ["kind"], buckets=REWARD_BUCKETS, registry=r,
-        )  # fmt: skip
         for kind in REWARD_KINDS:
             self.reward_value.labels(kind)
 
@@ -132,10 +150,6 @@ class ServiceMetrics:
             "reward_execution_candidate_items_per_second",
             "Canary items/s of each execution path timed at the live version's load (absent: not timed).",
             ["path"], registry=r,
-        )  # fmt: skip
-        self.model_load = Histogram(
-            "reward_model_load_seconds", "Time to verify, load and warm up a model version.",
-            buckets=LOAD_BUCKETS, registry=r,
         )  # fmt: skip
         self.reloads = Counter(
             "reward_reloads_total", "Model reloads by outcome: success, refused, rollback.",

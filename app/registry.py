@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 
@@ -20,18 +17,12 @@ from app.backends.choice import ONNX_PATHS, MeasuredBackend, candidate_names, me
 from app.backends.devices import enable_tf32, resolve_device, resolve_dtype
 from app.backends.onnx import onnx_available
 from app.backends.warmup import warm_up
+from app.compute import ComputeThread
+from app.config import default_of
 from app.errors import CheckpointError
-from app.store import (
-    DEFAULT_MAX_MODEL_BYTES,
-    LoadedVersion,
-    load_version,
-    read_current,
-    verify_version,
-    version_dir,
-)
+from app.store import LoadedVersion, load_version, read_current, verify_version, version_dir
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def prepare_for_serving(version: LoadedVersion, dtype: torch.dtype, device: torch.device) -> None:
@@ -50,11 +41,12 @@ class ModelRegistry:
     def __init__(
         self,
         store: Path,
-        device: str = "auto",
-        dtype: str = "auto",
-        execution_path: str = "auto",
+        device: str = default_of("device"),
+        dtype: str = default_of("dtype"),
+        execution_path: str = default_of("execution_path"),
         onnx_cache: Path | None = None,
-        max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+        max_model_bytes: int = default_of("max_model_bytes"),
+        compute: ComputeThread | None = None,
     ):
         self.store = Path(store)
         self.max_model_bytes = max_model_bytes  # a version needing more memory to load is refused
@@ -67,17 +59,14 @@ class ModelRegistry:
         self.previous: LoadedVersion | None = None
         self.last_error: str | None = None
         self.last_load_seconds: float | None = None
-        # Every torch call of the service runs on this one thread: loads, warm-ups and the batcher's
-        # forward passes. OpenMP keeps a thread team per calling thread, and a second team on a small
-        # machine makes both spin-throttled (forward throughput 233 -> 157 items/s on 2 cores).
-        self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
-
-    async def run_compute(self, fn: Callable[..., T], *args: object) -> T:
-        """Await `fn(*args)` on the compute thread (after the batch running there, if any)."""
-        return await asyncio.get_running_loop().run_in_executor(self.compute, fn, *args)
+        # loads run on the service's compute thread (given, shared with the batcher), or on one of its own
+        self._owns_compute = compute is None
+        self.compute = compute or ComputeThread()
 
     def close(self) -> None:
-        self.compute.shutdown(wait=True)
+        """End the compute thread if it is the registry's own (a given one is closed by its owner)."""
+        if self._owns_compute:
+            self.compute.close()
 
     @property
     def ready(self) -> bool:
@@ -109,7 +98,7 @@ class ModelRegistry:
         thread would pause scoring for as long; only loading and warm-up queue behind the batches."""
         name = self.version_name(version)
         manifest = await asyncio.to_thread(verify_version, version_dir(self.store, name))
-        return await self.run_compute(self.load, name, manifest)
+        return await self.compute.run(self.load, name, manifest)
 
     def measure_execution(self, loaded: LoadedVersion) -> None:
         """Serve `loaded` on the fastest of this machine's execution paths that keeps float32's rewards."""

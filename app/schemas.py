@@ -19,7 +19,9 @@ from pydantic import (
     model_validator,
 )
 
-from app.config import NormalizeMode
+from app.config import NormalizeMode, default_of
+from app.errors import CheckpointError
+from app.names import validate_version_name
 from app.templating import split_conversation
 
 NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -52,7 +54,10 @@ class Pair(StrictModel):
 
 class ScoreOptions(StrictModel):
     alpha: float | None = Field(
-        None, ge=0.0, le=1.0, description="Heuristic weight in [0, 1]; default from the server (0.5)."
+        None,
+        ge=0.0,
+        le=1.0,
+        description=f"Heuristic weight in [0, 1]; default from the server ({default_of('alpha')}).",
     )
     beta: float | None = Field(
         None, ge=0.0, le=1.0, description="Model weight in [0, 1]; alpha and beta are normalized to sum 1."
@@ -258,6 +263,27 @@ class HealthResponse(BaseModel):
         description="Running-statistics snapshot (readiness only): last_success (Unix time or null), "
         "failures so far, last_error (null once a snapshot succeeds). Failures never make it unready.",
     )
+
+
+class ReloadRequest(StrictModel):
+    version: str | None = Field(
+        None, description="The version to load; default: the store's CURRENT. Naming one also moves CURRENT."
+    )
+
+    @field_validator("version")
+    @classmethod
+    def check_version_name(cls, value: str | None) -> str | None:
+        try:
+            return value if value is None else validate_version_name(value)
+        except CheckpointError as exc:
+            raise ValueError(exc.message) from exc
+
+
+class ReloadResponse(BaseModel):
+    outcome: str = Field(description="success, rollback, or unchanged when the version already serves.")
+    model_version: str = Field(description="The version serving from now on.")
+    previous_version: str | None = Field(description="The version it replaced (kept loaded for a rollback).")
+    load_seconds: float | None = Field(description="Time to verify, load and warm up the new version.")
 
 
 class ErrorBody(BaseModel):

@@ -17,7 +17,7 @@ from app.backends.warmup import CANARY_PAIRS
 from app.batcher import MicroBatcher
 from app.config import NormalizeMode, Settings
 from app.errors import InferenceError, InvalidInput, NotReady
-from app.heuristics import DEFAULT_TOXIC_KEYWORDS, HeuristicConfig, HeuristicScore
+from app.heuristics import HeuristicScore
 from app.metrics import ServiceMetrics
 from app.normalize import RunningStats, batch_zscore, clip, hybrid, mixing_weights
 from app.registry import ModelRegistry
@@ -53,11 +53,6 @@ class ItemParts:
     model_raw: float
     model_reward: float  # calibrated: (raw - reward_mean) / reward_std
     heuristic: HeuristicScore
-
-
-def heuristic_config(keywords: Sequence[str] | None = None, **weights: float | int) -> HeuristicConfig:
-    """HeuristicConfig from settings-style values; no keywords means the built-in list."""
-    return HeuristicConfig(toxic_keywords=frozenset(keywords or DEFAULT_TOXIC_KEYWORDS), **weights)
 
 
 class ModelHealth:

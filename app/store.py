@@ -40,8 +40,10 @@ from app.backends import RewardBackend
 from app.backends.devices import TORCH_DTYPES
 from app.backends.hf import HF_DIR, HFBackend, HFSpec
 from app.backends.native import NativeBackend
+from app.config import default_of
 from app.errors import CheckpointError
 from app.model import RewardModel, RewardModelConfig
+from app.names import validate_version_name
 from app.tokenizer import EncodingSpec, PairTokenizer
 
 if TYPE_CHECKING:  # the registry sets it; the store only carries it
@@ -55,12 +57,10 @@ REQUIRED_FILES = {
     "hf": ("config.json", "metrics.json", f"{HF_DIR}/config.json"),
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # mkstemp/mkdtemp create owner-only files; a store is read by the service, often as another user
 READABLE_FILE, READABLE_DIR = 0o644, 0o755
 
 # --- limits checked before a checkpoint's weights are allocated ---
-DEFAULT_MAX_MODEL_BYTES = 8 * 1024**3  # weights as loaded (float32) plus the file's tensors, at most
 # a safetensors header (JSON) of a model this service builds is a few kB; real encoders stay under 1 MiB
 MAX_SAFETENSORS_HEADER_BYTES = 4 * 1024**2
 MAX_TENSORS = 10_000  # tensors in one weights file (a 64-layer model has about 1,000)
@@ -69,16 +69,6 @@ ARCHITECTURE_BOUNDS = {
     "vocab_size": 1_048_576, "max_len": 16_384, "hidden": 8_192, "layers": 64, "heads": 128, "ffn_ratio": 16,
 }  # fmt: skip
 SAFETENSORS_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2}  # what save_checkpoint_files writes
-
-
-def validate_version_name(version: str) -> str:
-    """Refuse names that could escape the store (`..`, `/`) or hide (`.tmp-*`)."""
-    if not isinstance(version, str) or not _VERSION_NAME.match(version) or ".." in version:
-        raise CheckpointError(
-            f"invalid version name {version!r}: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return version
 
 
 def new_version_name() -> str:
@@ -308,7 +298,7 @@ def _read_native(directory: Path, config: dict, max_model_bytes: int) -> tuple[R
 def load_version(
     directory: str | Path,
     device: str | torch.device = "cpu",
-    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+    max_model_bytes: int = default_of("max_model_bytes"),
     manifest: dict | None = None,
 ) -> LoadedVersion:
     """Rebuild a model from a version directory alone, after verifying every checksum (`manifest`: what

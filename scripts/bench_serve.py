@@ -45,7 +45,7 @@ import torch
 from app.backends.devices import configure_torch_threads, resolve_device, resolve_dtype
 from app.backends.warmup import forward_raw
 from app.batcher import BatchPolicy, cut_payloads
-from app.config import AUTO_BATCH_TOKENS
+from app.config import batch_tokens, default_of
 from app.errors import CheckpointError
 from app.loadgen import (
     Connections,
@@ -232,7 +232,7 @@ def server_like_batches(pairs: list[dict], lengths: list[int], pool: int, seed: 
     """`pairs` (of exact token `lengths`) in random order, taken `pool` at a time (the items pending
     together in a server) and cut by the server's own code and default CPU limits: what its batches look
     like at that load."""
-    policy = BatchPolicy(max_batch_size=64, max_batch_tokens=AUTO_BATCH_TOKENS["cpu"])
+    policy = BatchPolicy(max_batch_tokens=batch_tokens(default_of("max_batch_tokens"), "cpu"))
     order = random.Random(seed).sample(range(len(pairs)), len(pairs))
     batches = []
     for start in range(0, len(order), pool):

@@ -5,13 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field, field_validator
 
 from app.api.deps import require_admin
 from app.api.error_handlers import error_docs
-from app.errors import CheckpointError
-from app.schemas import ErrorResponse, StrictModel
-from app.store import validate_version_name
+from app.schemas import ErrorResponse, ReloadRequest, ReloadResponse
 from app.watcher import ModelWatcher, ReloadResult
 
 router = APIRouter(
@@ -20,27 +17,6 @@ router = APIRouter(
     dependencies=[Depends(require_admin)],
     responses=error_docs(401, 403, 404),
 )
-
-
-class ReloadRequest(StrictModel):
-    version: str | None = Field(
-        None, description="The version to load; default: the store's CURRENT. Naming one also moves CURRENT."
-    )
-
-    @field_validator("version")
-    @classmethod
-    def check_version_name(cls, value: str | None) -> str | None:
-        try:
-            return value if value is None else validate_version_name(value)
-        except CheckpointError as exc:
-            raise ValueError(exc.message) from exc
-
-
-class ReloadResponse(BaseModel):
-    outcome: str = Field(description="success, rollback, or unchanged when the version already serves.")
-    model_version: str = Field(description="The version serving from now on.")
-    previous_version: str | None = Field(description="The version it replaced (kept loaded for a rollback).")
-    load_seconds: float | None = Field(description="Time to verify, load and warm up the new version.")
 
 
 async def get_watcher(request: Request) -> ModelWatcher:

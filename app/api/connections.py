@@ -15,21 +15,23 @@ import asyncio
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from app.config import default_of
+
 TOO_MANY_CONNECTIONS_BODY = (
     b'{"error": {"type": "overloaded", "message": "too many open connections; retry later", "details": []}}'
 )
 TOO_MANY_CONNECTIONS = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: %d\r\n"
     b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
-    % (len(TOO_MANY_CONNECTIONS_BODY), TOO_MANY_CONNECTIONS_BODY)
+    % (default_of("retry_after_s"), len(TOO_MANY_CONNECTIONS_BODY), TOO_MANY_CONNECTIONS_BODY)
 )
 
 
 class BoundedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a deadline on request headers and a bound on open connections."""
 
-    header_timeout_s = 10.0
-    max_connections = 1024
+    header_timeout_s: float  # both set by bounded_h11, from the settings
+    max_connections: int
 
     def __init__(self, *args: object, **kwargs: object):
         self._header_deadline: asyncio.TimerHandle | None = None

@@ -21,6 +21,7 @@ import asyncio
 import re
 import time
 import uuid
+from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
@@ -43,14 +44,8 @@ SECURITY_HEADERS = (
 )
 
 
-class BodyTooLarge(HTTPException):
-    def __init__(self, message: str, details: list[dict]):
-        super().__init__(413, message)
-        self.details = details
-
-
-class RequestIdMiddleware:
-    """Echo a sane incoming X-Request-ID or make one; it goes on every response and on scope["state"]."""
+class HttpMiddleware:
+    """Pure ASGI middleware of HTTP requests: `handle` sees them; anything else (lifespan) passes through."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -59,32 +54,52 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+def on_response_start(send: Send, observe: Callable[[Message], None]) -> Send:
+    """`send` that shows the response's start message (status, headers) to `observe` before sending it."""
+
+    async def observed_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            observe(message)
+        await send(message)
+
+    return observed_send
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, message: str, details: list[dict]):
+        super().__init__(413, message)
+        self.details = details
+
+
+class RequestIdMiddleware(HttpMiddleware):
+    """Echo a sane incoming X-Request-ID or make one; it goes on every response and on scope["state"]."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
+        header = (b"x-request-id", request_id.encode())
+        send = on_response_start(send, lambda start: start.setdefault("headers", []).append(header))
+        await self.app(scope, receive, send)
 
 
-class BodySizeLimitMiddleware:
+class BodySizeLimitMiddleware(HttpMiddleware):
     """Refuse bodies over the limit before parsing: by Content-Length at once, else while streaming.
 
     The limit is `max_bytes`, or `route_max_bytes[path]` for a route with its own (a whole rollout)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, route_max_bytes: dict[str, int] | None = None):
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
         self.route_max_bytes = route_max_bytes or {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.route_max_bytes.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
@@ -116,7 +131,7 @@ class BodySizeLimitMiddleware:
         return error_response(413, "payload_too_large", self.message(limit), self.details(limit))
 
 
-class CanonicalPathMiddleware:
+class CanonicalPathMiddleware(HttpMiddleware):
     """Refuse (400) a path that percent-encodes a letter, digit, '-', '.', '_', '~', '/' or '\\'.
 
     The server decodes escapes before routing, so `/%61dmin/rollback` would reach `/admin/rollback`
@@ -124,12 +139,9 @@ class CanonicalPathMiddleware:
     needs such an escape, so refusing them keeps the path a proxy sees and the route that runs the same.
     """
 
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path") or b""
-        if scope["type"] == "http" and _DISGUISED_PATH_CHARACTER.search(raw_path):
+        if _DISGUISED_PATH_CHARACTER.search(raw_path):
             response = error_response(
                 400, "bad_request", "the path percent-encodes characters that must appear as they are",
                 [{"loc": ["path"], "msg": "percent-encoded unreserved character or slash",
@@ -140,7 +152,7 @@ class CanonicalPathMiddleware:
         await self.app(scope, receive, send)
 
 
-class UnexpectedErrorMiddleware:
+class UnexpectedErrorMiddleware(HttpMiddleware):
     """Answer an unexpected exception with the JSON 500 and keep the connection open.
 
     Left to the outermost error handler, the exception would also be re-raised to the server, which logs
@@ -148,22 +160,10 @@ class UnexpectedErrorMiddleware:
     ends with the response. An error after the response started can only abort it: re-raised.
     """
 
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started: list[Message] = []  # the response's start message, once sent
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive, on_response_start(send, started.append))
         except Exception as exc:
             if started:
                 raise
@@ -178,15 +178,6 @@ class BodyTimeout(HTTPException):
         message = f"the request body did not arrive within body_timeout_s {limit_s:g} s"
         super().__init__(408, message, headers={"Connection": "close"})  # the rest of the body is unwanted
         self.details = [{"loc": ["body"], "msg": "body too slow", "limit": limit_s}]
-
-
-def with_security_headers(send: Send) -> Send:
-    async def send_with_headers(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message.setdefault("headers", []).extend(SECURITY_HEADERS)
-        await send(message)
-
-    return send_with_headers
 
 
 def with_body_deadline(receive: Receive, deadline: float, limit_s: float) -> Receive:
@@ -219,17 +210,14 @@ def unsupported_media_type(content_type: str) -> ASGIApp:
     )  # fmt: skip
 
 
-class HardeningMiddleware:
+class HardeningMiddleware(HttpMiddleware):
     def __init__(self, app: ASGIApp, body_timeout_s: float):
-        self.app = app
+        super().__init__(app)
         self.body_timeout_s = body_timeout_s
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id_var.set(scope.get("state", {}).get("request_id", NO_REQUEST))  # one task per request
-        send = with_security_headers(send)
+        send = on_response_start(send, lambda start: start.setdefault("headers", []).extend(SECURITY_HEADERS))
         content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
         if content_type and not is_json(content_type):
             await unsupported_media_type(content_type)(scope, receive, send)
@@ -256,32 +244,23 @@ class RouteTemplates:
         return next((path for regex, path in self._compiled if regex.match(scope["path"])), UNMATCHED)
 
 
-class MetricsMiddleware:
-    """Pure ASGI: requests by endpoint and status, latency by endpoint, requests in flight."""
+class MetricsMiddleware(HttpMiddleware):
+    """Requests by endpoint and status, latency by endpoint, requests in flight."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics):
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
         self.templates = RouteTemplates()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        status = 500  # what the client gets if the app raises before answering
-
-        async def send_recording_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        starts: list[Message] = []  # the response's start message, once sent
         self.metrics.inflight.inc()
         try:
-            await self.app(scope, receive, send_recording_status)
+            await self.app(scope, receive, on_response_start(send, starts.append))
         finally:
             self.metrics.inflight.dec()
+            status = starts[-1]["status"] if starts else 500  # 500: the app raised before answering
             self.metrics.observe_request(
                 self.templates.endpoint_of(scope), status, time.perf_counter() - started
             )

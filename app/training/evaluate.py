@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.config import Settings
+from app.config import default_of
 from app.errors import CheckpointError
 from app.heuristics import HeuristicConfig, heuristic_rewards
 from app.normalize import hybrid, mixing_weights
@@ -38,9 +38,7 @@ from app.training.scoring import backend_rewards
 LENGTH_MATCH_TOLERANCE = 0.2  # chosen and rejected within 20% of each other's length count as matched
 CALIBRATION_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # buckets of sigmoid(|gap|)
 # the hybrid the service serves by default: its default mixing weights, from Settings (not the environment)
-HYBRID_WEIGHTS = mixing_weights(
-    None, None, (Settings.model_fields["alpha"].default, Settings.model_fields["beta"].default)
-)
+HYBRID_WEIGHTS = mixing_weights(None, None, (default_of("alpha"), default_of("beta")))
 
 
 @dataclass
@@ -217,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model-store", default="model_store", help="model store directory")
+    parser.add_argument("--model-store", default=default_of("model_store"), help="model store directory")
     parser.add_argument("--version", default=None, help="version to evaluate (default: the store's CURRENT)")
     parser.add_argument(
         "--pairs", nargs="+", required=True, help="pair files (prepared, unified or HH; .gz ok)"

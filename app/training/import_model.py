@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from app.backends import hf
+from app.config import default_of
 from app.errors import CheckpointError
 from app.store import FORMAT_VERSION, publish_version
 from app.training.pairs import PreferencePair, read_pairs
@@ -369,7 +370,9 @@ def import_model(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reward-import", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="local Hugging Face model directory")
-    parser.add_argument("--model-store", type=Path, default=Path("model_store"), help="store to publish into")
+    parser.add_argument(
+        "--model-store", type=Path, default=default_of("model_store"), help="store to publish into"
+    )
     parser.add_argument("--version", default=None, help="version name (default: v<UTC time>-<pid>)")
     parser.add_argument("--label-index", type=int, default=None, help="output used as reward (multi-label)")
     parser.add_argument("--pairs", type=Path, nargs="*", default=[], help="calibration pairs (JSONL)")

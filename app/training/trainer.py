@@ -24,6 +24,7 @@ import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from app.config import default_of
 from app.model import RewardModel, RewardModelConfig
 from app.store import publish_version, save_checkpoint_files
 from app.tokenizer import EncodingSpec, PairTokenizer, train_tokenizer
@@ -41,7 +42,7 @@ SCRATCH = "scratch"
 @dataclass
 class TrainConfig:
     data: list[str]  # prepared pair files (records carry split = train / validation)
-    model_store: str = "model_store"  # where the version is published
+    model_store: str = str(default_of("model_store"))  # where the version is published
     version: str | None = None  # version name; default: a timestamp
     init: str = SCRATCH  # "scratch" (train a tokenizer + model) or a pretrained encoder name
     epochs: int = 3

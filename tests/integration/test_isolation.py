@@ -24,10 +24,11 @@ from app.admission import Admission, PairPayload, encode_request
 from app.batcher import BatchPolicy, BatchReport, MicroBatcher
 from app.config import Settings
 from app.errors import InferenceError, InvalidInput, NotReady, Overloaded
+from app.heuristics import HeuristicConfig
 from app.normalize import RunningStats
 from app.registry import ModelRegistry
 from app.schemas import Pair, ScoreBatchRequest, ScoreOptions, ScoreRequest
-from app.service import BatchScorer, ModelHealth, ScoringDefaults, ScoringService, heuristic_config
+from app.service import BatchScorer, ModelHealth, ScoringDefaults, ScoringService
 from tests.conftest import RunningServer, sample_texts, start_server
 
 INNOCENT = [Pair(prompt=text, response=text[::-1]) for text in sample_texts(7, seed=5)]
@@ -37,8 +38,8 @@ def build_service(store: Path, policy: BatchPolicy, reports: list[BatchReport]) 
     registry = ModelRegistry(store, device="cpu", dtype="float32")
     registry.activate(registry.load())
     health = ModelHealth()
-    batcher = MicroBatcher(BatchScorer(health), policy, reports.append, executor=registry.compute)
-    admission = Admission(heuristic_config())
+    batcher = MicroBatcher(BatchScorer(health), policy, reports.append, compute=registry.compute)
+    admission = Admission(HeuristicConfig())
     stats = RunningStats(0.99, 1e-6, 16)
     return ScoringService(
         registry,
@@ -138,7 +139,7 @@ def test_concurrent_long_batches_beyond_the_wait_limit_are_refused_before_they_a
         service.batcher.policy = dataclasses.replace(service.batcher.policy, max_queue_wait_s=limit_s)
         reports.clear()
         gate = threading.Event()  # the compute thread is held, so nothing drains while requests arrive
-        held = asyncio.ensure_future(service.registry.run_compute(gate.wait, 60))
+        held = asyncio.ensure_future(service.registry.compute.run(gate.wait, 60))
         tasks = [
             asyncio.ensure_future(service.score(long_items, ScoreOptions(), ScoreBatchRequest.text_loc))
             for _ in range(24)

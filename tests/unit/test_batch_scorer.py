@@ -10,9 +10,9 @@ import torch
 
 from app.admission import PairPayload
 from app.errors import InferenceError
-from app.heuristics import heuristic_score
+from app.heuristics import HeuristicConfig, heuristic_score
 from app.registry import ModelRegistry
-from app.service import BatchScorer, ItemParts, ModelHealth, heuristic_config
+from app.service import BatchScorer, ItemParts, ModelHealth
 from app.store import LoadedVersion
 from tests.conftest import publish_tiny_version, sample_texts
 
@@ -31,7 +31,7 @@ def registry(tmp_path: Path) -> Iterator[ModelRegistry]:
 def payloads_of(version: LoadedVersion) -> list[PairPayload]:
     ids = version.backend.encode(PROMPTS, RESPONSES)
     return [
-        PairPayload(one, heuristic_score(response, heuristic_config()), version)
+        PairPayload(one, heuristic_score(response, HeuristicConfig()), version)
         for one, response in zip(ids, RESPONSES, strict=True)
     ]
 

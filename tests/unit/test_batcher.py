@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from app.batcher import BatchPolicy, MicroBatcher
+from app.compute import ComputeThread
 from app.errors import InferenceError, NotReady, Overloaded
 
 
@@ -60,15 +60,15 @@ async def occupy_worker(batcher: MicroBatcher, runner: RecordingRunner, group: s
 
 
 @contextlib.contextmanager
-def held_shared_compute() -> Iterator[tuple[RecordingRunner, ThreadPoolExecutor]]:
-    """A held runner and a one-thread executor shared as the service's (stop() does not wait for it);
-    both are released on exit whatever the test did."""
-    runner, compute = held_runner(), ThreadPoolExecutor(max_workers=1)
+def held_shared_compute() -> Iterator[tuple[RecordingRunner, ComputeThread]]:
+    """A held runner and a compute thread shared as the service's (stop() does not wait for it); both are
+    released on exit whatever the test did."""
+    runner, compute = held_runner(), ComputeThread()
     try:
         yield runner, compute
     finally:
         runner.gate.set()
-        compute.shutdown(wait=True)
+        compute.close()
 
 
 def test_results_come_back_in_input_order_and_batches_respect_the_size_limit() -> None:
@@ -234,8 +234,8 @@ def test_the_next_batch_of_a_round_is_handed_over_before_the_running_one_ends() 
 
 
 def test_stopping_fails_the_items_of_every_batch_of_the_round_not_finished() -> None:
-    async def scenario(runner: RecordingRunner, compute: ThreadPoolExecutor) -> list:
-        batcher = MicroBatcher(runner, policy(max_batch_size=2), executor=compute)
+    async def scenario(runner: RecordingRunner, compute: ComputeThread) -> list:
+        batcher = MicroBatcher(runner, policy(max_batch_size=2), compute=compute)
         batcher.start()
         tasks = [asyncio.create_task(batcher.run([i, i], [1, 1], group="v1")) for i in range(3)]
         await wait_entered(runner)
@@ -251,8 +251,8 @@ def test_stopping_fails_the_items_of_every_batch_of_the_round_not_finished() -> 
 def test_a_second_cancellation_of_the_worker_strands_nobody() -> None:
     """A shutdown that is itself interrupted (cancelled again mid-cleanup) still fails every item."""
 
-    async def scenario(runner: RecordingRunner, compute: ThreadPoolExecutor) -> tuple[list, int]:
-        batcher = MicroBatcher(runner, policy(max_batch_size=2), executor=compute)
+    async def scenario(runner: RecordingRunner, compute: ComputeThread) -> tuple[list, int]:
+        batcher = MicroBatcher(runner, policy(max_batch_size=2), compute=compute)
         batcher.start()
         tasks = [asyncio.create_task(batcher.run([i, i], [1, 1], group="v1")) for i in range(4)]
         await wait_entered(runner)

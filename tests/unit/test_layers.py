@@ -1,6 +1,7 @@
 """The dependency direction of app/: each module imports only from its own layer or the layers before it.
 
-1. config, schemas, errors, metrics, logs, templating (pure text rules: schemas render conversations with it)
+1. config, schemas, errors, metrics, logs, templating (pure text rules: schemas render conversations with it),
+   compute (the one compute thread), names (model version names)
 2. model, tokenizer, heuristics, normalize, store, training/*, backends/*, random_hf_models
 3. registry, admission, batcher, watcher
 4. service
@@ -22,7 +23,8 @@ import pytest
 APP = Path(__file__).resolve().parents[2] / "app"
 
 LAYERS = {
-    "config": 1, "schemas": 1, "errors": 1, "metrics": 1, "templating": 1, "logs": 1,
+    "config": 1, "schemas": 1, "errors": 1, "metrics": 1, "templating": 1, "logs": 1, "names": 1,
+    "compute": 1,
     "model": 2, "tokenizer": 2, "heuristics": 2, "normalize": 2, "store": 2, "training": 2,
     "backends": 2, "random_hf_models": 2,
     "registry": 3, "batcher": 3, "watcher": 3, "admission": 3,

@@ -1,5 +1,5 @@
 """ScoringService without HTTP: the tiny real checkpoint, a real MicroBatcher and BatchScorer on the
-registry's compute thread, exactly as the server builds them."""
+compute thread the registry loads on, as the server builds them."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from app.backends.warmup import forward_raw
 from app.batcher import BatchPolicy, MicroBatcher
 from app.config import Settings
 from app.errors import InferenceError, InvalidInput, NotReady
-from app.heuristics import heuristic_score
+from app.heuristics import HeuristicConfig, heuristic_score
 from app.normalize import RunningStats
 from app.registry import ModelRegistry
 from app.schemas import Pair, ScoreBatchRequest, ScoreOptions, ScoreRequest
-from app.service import BatchScorer, ModelHealth, ScoringDefaults, ScoringService, heuristic_config
+from app.service import BatchScorer, ModelHealth, ScoringDefaults, ScoringService
 from tests.conftest import TINY_VERSION, publish_tiny_version, sample_texts
 
 T = TypeVar("T")
@@ -51,8 +51,8 @@ def with_service(
 
     async def run() -> T:
         health = ModelHealth()
-        batcher = MicroBatcher(BatchScorer(health), BatchPolicy(max_batch_size=4), executor=registry.compute)
-        admission = Admission(heuristic_config())
+        batcher = MicroBatcher(BatchScorer(health), BatchPolicy(max_batch_size=4), compute=registry.compute)
+        admission = Admission(HeuristicConfig())
         stats = RunningStats(momentum=0.9, eps=1e-6, max_namespaces=8)
         service = ScoringService(
             registry, batcher, admission, health, stats, ScoringDefaults.from_settings(Settings(**defaults))
@@ -81,7 +81,7 @@ def test_rewards_come_back_in_input_order_and_match_each_pair_scored_alone(regis
     assert result.model_version == TINY_VERSION and len(result.items) == len(PAIRS)
     for pair, item in zip(PAIRS, result.items, strict=True):
         raw = forward_raw(version, [pair.prompt], [pair.response])[0]
-        heuristic = heuristic_score(pair.response, heuristic_config()).reward
+        heuristic = heuristic_score(pair.response, HeuristicConfig()).reward
         assert item.model_raw == pytest.approx(raw, abs=1e-4)
         assert item.model_reward == pytest.approx((raw - mean) / std, abs=1e-4)
         assert item.heuristic_reward == pytest.approx(heuristic)

@@ -132,7 +132,7 @@ def test_a_version_refused_for_lack_of_file_descriptors_is_retried_at_the_next_p
 
     async def poll_during_exhaustion_then_again() -> None:
         with contextlib.ExitStack() as held:
-            blocker = asyncio.ensure_future(registry.run_compute(exhaust_descriptors_before_the_load, held))
+            blocker = asyncio.ensure_future(registry.compute.run(exhaust_descriptors_before_the_load, held))
             await asyncio.sleep(0)  # the blocker holds the compute thread
             poll = asyncio.ensure_future(watcher.check_store())
             await asyncio.sleep(0.2)  # the poll has read CURRENT and queued its load behind the blocker
