@@ -166,7 +166,7 @@ class MicroBatcher:
         while self._pending:
             item = self._pending.popleft()
             if not item.future.done():
-                item.future.set_exception(NotReady("the service is shutting down"))
+                item.future.set_exception(NotReady("the service is shutting down", self.policy.retry_after_s))
         self._queued_tokens = 0
         if self._owns_compute:
             self._compute.close()
@@ -298,7 +298,8 @@ class MicroBatcher:
 
     def _fail_stranded(self, batches: Iterable[list[WorkItem]]) -> None:
         for batch in batches:
-            self._resolve(batch, [NotReady("the service is shutting down")] * len(batch))
+            stopping = NotReady("the service is shutting down", self.policy.retry_after_s)
+            self._resolve(batch, [stopping] * len(batch))
 
     @staticmethod
     async def _first_done(running: set[asyncio.Task]) -> set[asyncio.Task]:

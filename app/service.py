@@ -40,6 +40,7 @@ class ScoringDefaults:
     max_items: int
     max_text_chars: int
     unready_after_failures: int
+    retry_after_s: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ScoringDefaults:
@@ -166,7 +167,9 @@ class ScoringService:
     def live_version(self) -> LoadedVersion:
         version = self.registry.current
         if version is None:
-            raise NotReady(f"no model loaded yet ({self.registry.last_error or 'loading'})")
+            raise NotReady(
+                f"no model loaded yet ({self.registry.last_error or 'loading'})", self.defaults.retry_after_s
+            )
         return version
 
     def check_ready(self) -> LoadedVersion:
@@ -177,7 +180,10 @@ class ScoringService:
             failures >= self.defaults.unready_after_failures
             and self.health.failing_version == version.version
         ):
-            raise NotReady(f"the model cannot serve: its last {failures} batches failed (see the server log)")
+            raise NotReady(
+                f"the model cannot serve: its last {failures} batches failed (see the server log)",
+                self.defaults.retry_after_s,
+            )
         return version
 
     async def score(

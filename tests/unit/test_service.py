@@ -150,14 +150,15 @@ def test_readiness_is_lost_after_model_failures_only_and_back_with_a_sound_versi
             assert service.health.consecutive_failures == failures
             if failures < service.defaults.unready_after_failures:
                 service.check_ready()
-        with pytest.raises(NotReady, match="last 3 batches failed"):
+        with pytest.raises(NotReady, match="last 3 batches failed") as refused:
             service.check_ready()
+        assert refused.value.retry_after == 7  # the configured Retry-After, not the default
 
         publish_tiny_version(tmp_path, "v2", seed=2)
         registry.activate(registry.load())
         assert service.check_ready().version == "v2"  # the failures were v1's
 
     try:
-        with_service(registry, scenario, unready_after_failures=3)
+        with_service(registry, scenario, unready_after_failures=3, retry_after_s=7)
     finally:
         registry.close()
