@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 NormalizeMode = Literal["none", "batch", "running"]
+HttpProtocolName = Literal["auto", "httptools", "h11"]
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -64,6 +65,8 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"  # uvicorn and app log level
 
     # --- connections (docs/reliability.md) ---
+    # uvicorn's HTTP protocol: auto = httptools (C parser, less CPU per request) if installed, else h11
+    http_protocol: HttpProtocolName = "auto"
     max_header_bytes: int = Field(16 * 1024, ge=1024)  # request line + headers; larger get 400 and a close
     header_timeout_s: float = Field(
         10.0, gt=0.0

@@ -1,4 +1,5 @@
-"""reward-serve's start: the open-file limit is raised to what max_connections needs."""
+"""reward-serve's start: the open-file limit is raised to what max_connections needs, and the HTTP protocol
+uvicorn runs carries the connection bounds."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ import resource
 import pytest
 
 from app.__main__ import raise_file_limit, settings_from_args
+from app.api import connections
+from app.api.connections import (
+    BoundedH11Protocol,
+    BoundedHttpToolsProtocol,
+    ProtocolUnavailable,
+    bounded_protocol,
+    resolve_protocol,
+)
 
 
 @pytest.fixture
@@ -31,3 +40,22 @@ def test_connection_bounds_have_flags() -> None:
         ["--max-connections", "50", "--header-timeout-s", "2", "--max-header-bytes", "4096"]
     )
     assert (settings.max_connections, settings.header_timeout_s, settings.max_header_bytes) == (50, 2.0, 4096)
+
+
+def test_the_http_protocol_is_httptools_when_installed_else_h11_and_carries_the_bounds() -> None:
+    protocol = bounded_protocol(settings_from_args(["--max-connections", "50", "--max-header-bytes", "4096"]))
+    assert issubclass(protocol, BoundedHttpToolsProtocol)
+    assert (protocol.max_connections, protocol.max_header_bytes) == (50, 4096)
+    protocol = bounded_protocol(settings_from_args(["--http-protocol", "h11", "--header-timeout-s", "2"]))
+    assert issubclass(protocol, BoundedH11Protocol) and protocol.header_timeout_s == 2.0
+    protocol = bounded_protocol(settings_from_args(["--retry-after-s", "5"]))
+    assert b"\r\nretry-after: 5\r\n" in protocol.too_many_connections  # the configured Retry-After
+
+
+def test_without_httptools_auto_falls_back_to_h11_and_httptools_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(connections, "BoundedHttpToolsProtocol", None)  # as when the import failed
+    assert resolve_protocol("auto") == "h11"
+    with pytest.raises(ProtocolUnavailable, match="httptools is not installed"):
+        resolve_protocol("httptools")
