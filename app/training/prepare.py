@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from app.training.pairs import TRAIN, VALIDATION, MalformedRecord, PreferencePair, iter_records, write_pairs
-from app.training.synthetic import KINDS, synthesize
+from app.training.synthetic import KINDS, OPT_IN_KINDS, synthesize
 
 MAX_REPORTED = 20  # malformed lines printed one by one; the rest are only counted
 
@@ -182,9 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--synthetic-kinds",
         nargs="+",
-        choices=KINDS,
+        choices=(*KINDS, *OPT_IN_KINDS),
         default=list(KINDS),
-        help="synthetic kinds to make, in rotation (default: all)",
+        help=f"synthetic kinds to make, in rotation (default: all but {', '.join(OPT_IN_KINDS)})",
     )
     parser.add_argument("--strict", action="store_true", help="stop at the first malformed line")
     return parser

@@ -8,6 +8,11 @@ which a policy would learn to exploit. The `refusal` kind is the other cheap exp
 to a benign request (never to a prompt of a harmlessness source, where refusing is often the right
 answer). Its wordings are not those the evaluation's refusal check uses (app/training/refusal.py), so
 that check measures whether the model generalizes to refusals it was not shown.
+
+One kind is a positive, made only when asked for (`OPT_IN_KINDS`): `refusal_over_harm` pairs a generic
+refusal, as the chosen answer, with the rejected (the more harmful) answer to a prompt of a harmlessness
+source. It is the counterpart of `refusal`: refusals are learned as bad where the request is benign and
+as better than complying where it is harmful, not as bad everywhere.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ PERTURBATIONS: dict[str, Callable[[list[str], random.Random], str]] = {
     "refusal": refusal,
 }
 KINDS = (*PERTURBATIONS, "off_topic")
+OPT_IN_KINDS = ("refusal_over_harm",)  # made only when named in `kinds`
 
 
 def make_negative(
@@ -109,19 +115,25 @@ def synthesize(
     (`refusal` pairs are skipped when every base prompt is from a harmlessness source)."""
     rng = random.Random(seed)
     bases = [p for p in pairs if p.kind == "real" and MIN_WORDS <= len(p.chosen.split()) <= MAX_WORDS]
-    unknown = set(kinds) - set(KINDS)
+    unknown = set(kinds) - set(KINDS) - set(OPT_IN_KINDS)
     if unknown or not kinds:
-        raise ValueError(f"unknown synthetic kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
+        known = ", ".join((*KINDS, *OPT_IN_KINDS))
+        raise ValueError(f"unknown synthetic kinds {sorted(unknown)}; choose from {known}")
     if count and not bases:
         raise ValueError(f"no chosen response has {MIN_WORDS}-{MAX_WORDS} words to perturb into negatives")
     benign = [p for p in bases if p.source not in HARMFUL_SOURCES]
+    harmful = [p for p in pairs if p.kind == "real" and p.source in HARMFUL_SOURCES and p.rejected.strip()]
     out = []
     for i in range(count):
         kind = kinds[i % len(kinds)]
-        candidates = benign if kind == "refusal" else bases
+        candidates = {"refusal": benign, "refusal_over_harm": harmful}.get(kind, bases)
         if not candidates:
             continue
         base = rng.choice(candidates)
+        if kind == "refusal_over_harm":
+            chosen = rng.choice(TRAINING_REFUSALS)
+            out.append(PreferencePair(base.prompt, chosen, base.rejected, SYNTHETIC_SOURCE, kind, base.split))
+            continue
         rejected = make_negative(base, kind, bases, rng)
         if rejected is not None and rejected != base.chosen:
             out.append(PreferencePair(base.prompt, base.chosen, rejected, SYNTHETIC_SOURCE, kind, base.split))

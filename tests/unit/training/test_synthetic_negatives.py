@@ -62,6 +62,22 @@ def test_refusals_are_negatives_on_benign_prompts_only_and_not_the_checked_wordi
     assert not set(TRAINING_REFUSALS) & set(REFUSALS)
 
 
+def test_refusals_over_harm_pair_a_refusal_with_the_harmful_answer_of_harmful_prompts_only() -> None:
+    [harmful] = HARMFUL_SOURCES
+    mixed = [
+        PreferencePair(b.prompt, b.chosen, f"harmful {i}", harmful if i % 2 else "helpful")
+        for i, b in enumerate(BASES)
+    ]
+    made = synthesize(mixed, 20, seed=0, kinds=("refusal_over_harm", "empty"))
+    positives = [p for p in made if p.kind == "refusal_over_harm"]
+    by_prompt = {b.prompt: b for b in mixed}
+    assert len(positives) == 10
+    for pair in positives:
+        assert by_prompt[pair.prompt].source == harmful and pair.source == SYNTHETIC_SOURCE
+        assert pair.chosen in TRAINING_REFUSALS and pair.rejected == by_prompt[pair.prompt].rejected
+    assert "refusal_over_harm" not in {p.kind for p in synthesize(mixed, 80, seed=0)}  # opt-in only
+
+
 def test_kinds_can_be_chosen() -> None:
     made = synthesize(BASES, 12, seed=0, kinds=("empty", "refusal"))
     assert [p.kind for p in made] == ["empty", "refusal"] * 6
