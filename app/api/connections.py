@@ -126,6 +126,10 @@ if HttpToolsProtocol is not None:
         the 400 at once, so a 1 MB or trickled header costs about one read beyond the limit; when they
         complete, the parsed size decides (computed only when the reads that hold the head could exceed
         the limit), so a body arriving in the same read as its headers is never taken for headers.
+
+        After the headers, chunked framing and trailers are the parser's too (a trailer is a header
+        line after the last chunk): the bytes of a message that are not body may exceed the body
+        received by at most the same limit, so an endless trailer is cut off like an endless header.
         """
 
         max_header_bytes = 16 * 1024
@@ -138,12 +142,18 @@ if HttpToolsProtocol is not None:
             self._head_read_bytes = 0  # bytes of reads that held only the current request's head
             self._head_began_bytes = 0  # length of the read that ended a request and began this head
             self._last_head: list | None = None  # the headers of the last request whose head completed
+            self._body_bytes = 0  # body of the current message received so far
+            self._framing_bytes = 0  # bytes of the current message after its head that are not body
 
         def data_received(self, data: bytes) -> None:
             self._read_bytes = len(data)
             was_in_head, heads_completed = self._in_head, self._heads_completed
+            body_before = self._body_bytes
             super().data_received(data)
             if not self._in_head:  # headers complete (and checked then): a body, or a response pending
+                if not was_in_head and self._heads_completed == heads_completed:  # a read after the head
+                    self._framing_bytes += len(data) - (self._body_bytes - body_before)
+                    self._check_framing()
                 return
             if was_in_head and self._heads_completed == heads_completed:  # the read was head bytes only
                 self._head_read_bytes += len(data)
@@ -160,10 +170,15 @@ if HttpToolsProtocol is not None:
             self._in_head = False
             self._heads_completed += 1
             self._head_read_bytes = self._head_began_bytes = 0
+            self._body_bytes = self._framing_bytes = 0
             self._last_head = self.headers
             if too_large:
                 raise HeadersTooLarge  # httptools raises a parser error: uvicorn answers 400 and closes
             super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            self._body_bytes += len(body)
+            super().on_body(body)
 
         def on_message_complete(self) -> None:
             self._in_head = True
@@ -177,6 +192,14 @@ if HttpToolsProtocol is not None:
             method = self.parser.get_method() if headers else b""
             parsed = len(getattr(self, "url", b"")) + len(method) + REQUEST_LINE_FRAMING + named
             return max(self._head_read_bytes, parsed)
+
+        def _check_framing(self) -> None:
+            if (
+                not self.transport.is_closing()
+                and self._framing_bytes > self.max_header_bytes + self._body_bytes
+            ):
+                self.logger.warning(INVALID_REQUEST)
+                self.send_400_response(INVALID_REQUEST)
 
         def _check_incomplete_head(self) -> None:
             if not self.transport.is_closing() and self._head_bytes() > self.max_header_bytes:

@@ -203,6 +203,40 @@ def test_pipelined_requests_after_a_large_body_are_all_answered(bounded_server: 
         assert b'"rewards"' in answers[0] and b'"model_version"' in answers[2]
 
 
+def chunked(path: str, chunks: list[bytes], trailer: bytes = b"") -> bytes:
+    head = (
+        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks)
+    return head % path.encode() + body + b"0\r\n" + trailer + b"\r\n"
+
+
+def test_a_chunked_body_with_a_small_trailer_is_served(bounded_server: RunningServer) -> None:
+    body = json.dumps(PAIR).encode()
+    with open_sockets(bounded_server.url, 1) as (sock,):
+        sock.sendall(chunked("/score", [body[:20], body[20:]], trailer=b"X-Checksum: 1234\r\n"))
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_an_endless_trailer_is_cut_off_like_an_endless_header(
+    bounded_server: RunningServer, protocol: str
+) -> None:
+    """Trailer lines after the last chunk are parsed like headers: bounded the same way."""
+    if protocol == "h11":
+        pytest.skip("h11 bounds trailers with its own incomplete-event limit")
+    body = json.dumps(PAIR).encode()
+    with open_sockets(bounded_server.url, 1) as (sock,):
+        sock.sendall(chunked("/score", [body])[: -len(b"\r\n")] + b"X-Big: ")
+        for _ in range(1000):  # up to 1 MB, 1 KB a send, while the server has not answered
+            if select.select([sock], [], [], 0.002)[0]:
+                break
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                sock.sendall(b"a" * 1000)
+        with contextlib.suppress(ConnectionResetError):
+            answer = read_until_closed(sock)
+            assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
+
+
 def test_connections_beyond_the_limit_are_refused_and_freed_sockets_serve_again(
     bounded_server: RunningServer,
 ) -> None:
