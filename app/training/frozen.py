@@ -89,28 +89,29 @@ def cached_lower_states(
     for sequence in ids:
         digest.update(torch.tensor(sequence, dtype=torch.int32).numpy().tobytes() + b";")
     path = Path(cache_dir) / f"states-{digest.hexdigest()[:24]}.safetensors"
-    if path.is_file():
+    rank, world = _rank_and_world()
+    if _everyone_has(path, world):
         return _read_states(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rank, world = _rank_and_world()
     if world == 1:
         states = lower_states(model, tokenizer, ids, start, progress=progress)
         _write_states(path, states)
         return states
+    run = _shared_token(world)  # share names of this run only: other jobs may use the same directory
     mine = list(range(rank, len(ids), world))
     share = lower_states(model, tokenizer, [ids[i] for i in mine], start, progress=progress)
-    _write_states(_share_path(path, rank, world), share)
+    _write_states(_share_path(path, run, rank, world), share)
     torch_dist.barrier()  # every share written
     states: list[torch.Tensor] = [torch.empty(0)] * len(ids)
     for other in range(world):
         theirs = range(other, len(ids), world)
-        for i, state in zip(theirs, _read_states(_share_path(path, other, world)), strict=True):
+        for i, state in zip(theirs, _read_states(_share_path(path, run, other, world)), strict=True):
             states[i] = state
     torch_dist.barrier()  # every share read
     if rank == 0:
         _write_states(path, states)
         for other in range(world):
-            _share_path(path, other, world).unlink(missing_ok=True)
+            _share_path(path, run, other, world).unlink(missing_ok=True)
     return states
 
 
@@ -120,20 +121,40 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _share_path(path: Path, rank: int, world: int) -> Path:
-    return path.with_name(f"{path.stem}.share-{rank}-of-{world}.safetensors")
+def _everyone_has(path: Path, world: int) -> bool:
+    """Whether every rank finds the cached file: decided together, so that no rank computes alone."""
+    found = path.is_file()
+    if world == 1:
+        return found
+    seen: list[bool] = [False] * world
+    torch_dist.all_gather_object(seen, found)
+    return all(seen)
+
+
+def _shared_token(world: int) -> str:
+    """A name for this run's shares, drawn by rank 0 and known to every rank."""
+    token = [os.urandom(4).hex()]
+    torch_dist.broadcast_object_list(token, src=0)
+    return token[0]
+
+
+def _share_path(path: Path, run: str, rank: int, world: int) -> Path:
+    return path.with_name(f"{path.stem}.{run}.share-{rank}-of-{world}.safetensors")
 
 
 def _read_states(path: Path) -> list[torch.Tensor]:
     flat = load_file(str(path))
-    return list(torch.split(flat["states"], flat["lengths"].tolist()))
+    lengths = flat["lengths"].tolist()
+    return list(torch.split(flat["states"], lengths)) if lengths else []
 
 
 def _write_states(path: Path, states: Sequence[torch.Tensor]) -> None:
-    """Written to a temporary name and renamed: a reader never sees half a file."""
-    lengths = torch.tensor([s.shape[0] for s in states])
+    """Written to a temporary name and renamed: a reader never sees half a file. No states (a rank with
+    no share of a tiny input) is an empty file of the same form."""
+    lengths = torch.tensor([s.shape[0] for s in states], dtype=torch.long)
+    flat = torch.cat(list(states)) if states else torch.empty(0, dtype=torch.float16)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    save_file({"states": torch.cat(list(states)), "lengths": lengths}, str(partial))
+    save_file({"states": flat, "lengths": lengths}, str(partial))
     os.replace(partial, path)
 
 

@@ -119,7 +119,7 @@ def synthesize(
     if unknown or not kinds:
         known = ", ".join((*KINDS, *OPT_IN_KINDS))
         raise ValueError(f"unknown synthetic kinds {sorted(unknown)}; choose from {known}")
-    if count and not bases:
+    if count and not bases and set(kinds) - set(OPT_IN_KINDS):
         raise ValueError(f"no chosen response has {MIN_WORDS}-{MAX_WORDS} words to perturb into negatives")
     benign = [p for p in bases if p.source not in HARMFUL_SOURCES]
     harmful = [p for p in pairs if p.kind == "real" and p.source in HARMFUL_SOURCES and p.rejected.strip()]

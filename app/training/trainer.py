@@ -229,6 +229,9 @@ def pair_weights(pairs: Sequence[PreferencePair], cfg: TrainConfig) -> torch.Ten
     if cfg.balance_sources:
         weights *= torch.tensor([len(pairs) / (len(sources) * sources[p.source]) for p in pairs])
     if cfg.length_balance is not None:
+        unknown = set(cfg.length_balance) - set(sources)
+        if unknown:
+            raise ValueError(f"--length-balance names sources not in the data: {sorted(unknown)}")
         named = set(cfg.length_balance) or set(sources)
         longer_wins = Counter((p.source, len(p.chosen) > len(p.rejected)) for p in pairs)
         weights *= torch.tensor(

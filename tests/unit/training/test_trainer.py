@@ -130,6 +130,8 @@ def test_length_balance_of_named_sources_leaves_the_others_alone() -> None:
     b = [w.item() for p, w in zip(pairs, weights, strict=True) if p.source == "b"]
     assert b == pytest.approx([b[0]] * 8)  # b keeps its natural mix: every pair weighs the same
     assert pair_weights(pairs, build_config([])).tolist() == pytest.approx([1.0] * len(pairs))
+    with pytest.raises(ValueError, match="not in the data"):
+        pair_weights(pairs, build_config(["--length-balance", "a", "typo"]))
 
 
 def test_source_weights_scale_the_loss_of_their_source() -> None:
