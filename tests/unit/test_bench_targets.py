@@ -1,0 +1,51 @@
+"""The target script's arithmetic: medians over repetitions and the ratios it reports against the goals."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_targets.py"
+
+
+@pytest.fixture(scope="module")
+def targets():
+    spec = importlib.util.spec_from_file_location("bench_targets", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def report(rates: dict[int, float], p50: dict[int, float], p99: dict[int, float], ceiling=None) -> dict:
+    results = [
+        {"concurrency": c, "items_per_s": rates[c], "p50_ms": p50[c], "p99_ms": p99[c]} for c in (1, 64)
+    ]
+    return {"results": results, "ceiling": ceiling}
+
+
+def repetition(scale: float) -> dict:
+    ceiling = {"best_items_per_s": 100.0 * scale, "items_per_s_by_batch_size": {"1": 50.0, "16": 100.0}}
+    return {
+        "batched": report({1: 40 * scale, 64: 90 * scale}, {1: 24, 64: 500}, {1: 30, 64: 900}, ceiling),
+        "naive float32": report({1: 30, 64: 30 * scale}, {1: 30, 64: 2000}, {1: 40, 64: 3000}),
+        "naive fastest": report({1: 45, 64: 60}, {1: 22, 64: 1000}, {1: 30, 64: 2000}),
+    }
+
+
+def test_medians_and_ratios(targets) -> None:
+    m = targets.medians([repetition(1.0), repetition(2.0), repetition(1.1)])  # medians: the 1.1 run
+    assert m["batched 64"]["items_per_s"] == pytest.approx(99.0)
+    assert m["ceiling best"] == pytest.approx(110.0)
+    ratios = {name: value for name, value, _ in targets.verdicts(m)}
+    assert ratios["served / naive float32 (64 clients)"] == pytest.approx(99.0 / 33.0)
+    assert ratios["served / naive fastest (64 clients)"] == pytest.approx(99.0 / 60.0)
+    assert ratios["served p99 / naive fastest p99"] == pytest.approx(900 / 2000)
+    assert ratios["served / in-process ceiling"] == pytest.approx(0.9)
+    assert ratios["one client: served p50 / in-process single item"] == pytest.approx(24 / 20)
+    table = targets.markdown(m, "Some CPU", 3)
+    assert (
+        "Some CPU; medians of 3 repetitions." in table
+        and "| served / in-process ceiling | 0.90 | >= 0.9 |" in table
+    )
