@@ -7,11 +7,14 @@ Other test modules reuse these: `publish_tiny_version` to add versions to a stor
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import random
 import shutil
 import subprocess
+import sys
 import time
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -35,6 +38,20 @@ _WORDS = str.split(
     "please help me explain why how what when good bad helpful careful honest short long water egg boil "
     "minutes python function list sort river mountain city train ticket song guitar chord atom energy"
 )
+
+
+@contextlib.contextmanager
+def load_script(name: str) -> Iterator[types.ModuleType]:
+    """scripts/<name>.py imported as module `name` (registered while in use: dataclasses look their
+    module up by name)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[name]
 
 
 def sample_texts(count: int, seed: int = 0) -> list[str]:

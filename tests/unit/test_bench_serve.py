@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from app.config import AUTO_BATCH_TOKENS
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_serve.py"
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_serve", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_serve"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["bench_serve"]
+    with load_script("bench_serve") as module:
+        yield module
 
 
 def test_server_like_batches_cut_each_pool_within_the_cpu_token_budget(bench) -> None:

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_targets.py"
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def targets():
-    spec = importlib.util.spec_from_file_location("bench_targets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with load_script("bench_targets") as module:
+        yield module
 
 
 def report(rates: dict[int, float], p50: dict[int, float], p99: dict[int, float], ceiling=None) -> dict:
