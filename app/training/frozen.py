@@ -97,7 +97,7 @@ def cached_lower_states(
         states = lower_states(model, tokenizer, ids, start, progress=progress)
         _write_states(path, states)
         return states
-    run = _shared_token(world)  # share names of this run only: other jobs may use the same directory
+    run = _shared_token()  # share names of this run only: other jobs may use the same directory
     mine = list(range(rank, len(ids), world))
     share = lower_states(model, tokenizer, [ids[i] for i in mine], start, progress=progress)
     _write_states(_share_path(path, run, rank, world), share)
@@ -131,7 +131,7 @@ def _everyone_has(path: Path, world: int) -> bool:
     return all(seen)
 
 
-def _shared_token(world: int) -> str:
+def _shared_token() -> str:
     """A name for this run's shares, drawn by rank 0 and known to every rank."""
     token = [os.urandom(4).hex()]
     torch_dist.broadcast_object_list(token, src=0)
