@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import threading
 from pathlib import Path
 
 import httpx
@@ -31,6 +32,7 @@ from tests.conftest import (
 POISON_TOKEN = "Q"  # a byte token that neither the canary inputs nor the tiny sample texts contain
 POISON_TEXT = "QQQ is what I say"
 UNREADY_AFTER = 2
+SHARING_ROUNDS = 5  # rounds of simultaneous requests at most, until one shares a micro-batch
 
 
 @pytest.fixture(scope="module")
@@ -64,27 +66,52 @@ def score(url: str, prompt: str, response: str) -> httpx.Response:
     return httpx.post(f"{url}/score", json={"prompt": prompt, "response": response}, timeout=30)
 
 
+def send_together(url: str, pairs: list[tuple[str, str]]) -> list[httpx.Response]:
+    """POST each pair to /score from its own thread at the same moment: every client is connected
+    before a barrier releases them all, so that making a client or a connection (milliseconds of
+    CPU each) does not spread the arrivals out."""
+    clients = [httpx.Client(base_url=url, timeout=30) for _ in pairs]
+    try:
+        for client in clients:
+            client.get("/healthz").raise_for_status()  # opens the connection the POST will reuse
+        barrier = threading.Barrier(len(pairs))
+
+        def send(client: httpx.Client, pair: tuple[str, str]) -> httpx.Response:
+            barrier.wait(timeout=30)
+            return client.post("/score", json={"prompt": pair[0], "response": pair[1]})
+
+        with concurrent.futures.ThreadPoolExecutor(len(pairs)) as pool:
+            return list(pool.map(send, clients, pairs))
+    finally:
+        for client in clients:
+            client.close()
+
+
 def test_a_failing_item_fails_alone_and_its_batch_neighbours_get_rewards(poisoned_server) -> None:
     clean = sample_texts(6, seed=11)
     pairs = [(text, text) for text in clean] + [("hello", POISON_TEXT)]
-    before = batch_counters(poisoned_server.url)
-    # sent together: they share micro-batches
-    with concurrent.futures.ThreadPoolExecutor(len(pairs)) as pool:
-        answers = list(pool.map(lambda pair: score(poisoned_server.url, *pair), pairs))
-    batches, items = (
-        after - earlier for after, earlier in zip(batch_counters(poisoned_server.url), before, strict=True)
-    )
-    # a request that finds the compute thread idle and no other arriving runs at once, so the first one
-    # may run alone; the others share (tests/integration/test_isolation.py shows, in process, the
-    # poisoned item sharing one batch with all of them and failing alone)
-    assert items == len(pairs) and batches < len(pairs), "the requests did not share micro-batches"
-    *clean_answers, poisoned = answers
-    assert [a.status_code for a in clean_answers] == [200] * len(clean)
-    assert all(math.isfinite(a.json()["reward"]) for a in clean_answers)
-    assert poisoned.status_code == 500
-    error = poisoned.json()["error"]
-    assert error["type"] == "inference_error"
-    assert "non-finite" in error["message"]
+    # A request that finds the compute thread idle and nothing else arriving runs at once, so on a loaded
+    # machine a round may still run one request per batch; the outcomes are checked in every round, and
+    # at least one round (of a bounded few) must have shared batches (tests/integration/test_isolation.py
+    # shows, in process, the poisoned item sharing one batch with all of them and failing alone).
+    for _ in range(SHARING_ROUNDS):
+        before = batch_counters(poisoned_server.url)
+        answers = send_together(poisoned_server.url, pairs)
+        batches, items = (
+            after - earlier for after, earlier in zip(batch_counters(poisoned_server.url), before, strict=True)
+        )
+        assert items == len(pairs)
+        *clean_answers, poisoned = answers
+        assert [a.status_code for a in clean_answers] == [200] * len(clean)
+        assert all(math.isfinite(a.json()["reward"]) for a in clean_answers)
+        assert poisoned.status_code == 500
+        error = poisoned.json()["error"]
+        assert error["type"] == "inference_error"
+        assert "non-finite" in error["message"]
+        if batches < len(pairs):
+            break
+    else:
+        pytest.fail(f"the requests never shared a micro-batch in {SHARING_ROUNDS} rounds")
 
 
 def test_a_whole_failing_batch_fails_its_request_and_the_worker_keeps_serving(poisoned_server) -> None:
