@@ -1,12 +1,20 @@
 """The native backend: the encoder this project trains (`app.model.RewardModel`) and its `tokenizer.json`.
 
 `encode` runs the Rust tokenizer over a whole request at once and, only when that fails, looks for the
-pair at fault so that it alone is refused. `forward` pads one micro-batch to its longest member (inputs
-sorted by length first: the nested-tensor fast path skips the padding) and runs one forward pass.
+pair at fault so that it alone is refused. `forward` runs one forward pass per micro-batch: on a CPU over
+the inputs packed without padding (`RewardModel.forward_packed`), on an accelerator padded to the longest
+member (inputs sorted by length first: the nested-tensor fast path skips the padding).
+
+On a CPU in bfloat16 or float16, oneDNN compiles matrix-multiply kernels for each new shape (a few
+milliseconds each) and keeps a bounded cache of them; a server sees a new token count almost every
+batch. The packed rows are therefore grown to the next of a few fixed counts (`packed_rows`), so that
+the shapes repeat and their kernels stay cached; float32 kernels are not compiled per shape, so float32
+runs on the exact count.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 
@@ -20,6 +28,17 @@ from app.tokenizer import PairTokenizer
 MIN_MAX_LEN = 8  # tokens: CLS, two SEPs and a few of text on each side
 # a str decoded from JSON holds a surrogate code point only when it was unpaired ("\ud800" alone)
 _SURROGATE = re.compile("[\ud800-\udfff]")
+ROW_STEP = 16  # packed rows grow to a multiple of this up to 16 steps (256 rows),
+ROW_STEPS_PER_DOUBLING = 8  # then to one of this many counts between a power of two and the next
+
+
+def packed_rows(tokens: int) -> int:
+    """The row count that `tokens` packed rows grow to: the next multiple of 16 up to 256, then at most
+    1/8 more; 64 distinct counts up to 16,384 tokens."""
+    if tokens <= 16 * ROW_STEP:
+        return -(-tokens // ROW_STEP) * ROW_STEP
+    step = (1 << (tokens.bit_length() - 1)) // ROW_STEPS_PER_DOUBLING
+    return -(-tokens // step) * step
 
 
 def why_unencodable(text: str) -> str:
@@ -77,6 +96,8 @@ class NativeBackend:
         return EncodeError(0, "prompt", "the tokenizer refused this batch")
 
     def forward(self, ids: Sequence[Sequence[int]]) -> list[float]:
+        if self.device.type == "cpu":
+            return self._forward_packed(ids)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         input_ids, mask = self.tokenizer.pad([ids[i] for i in order])  # (B, T) each
         # A plain copy: pinning a fresh host buffer per batch costs a page-locked allocation and overlaps
@@ -95,8 +116,15 @@ class NativeBackend:
             raw[index] = sorted_out[position]
         return raw
 
+    def _forward_packed(self, ids: Sequence[Sequence[int]]) -> list[float]:
+        lengths = [len(x) for x in ids]
+        packed = torch.tensor(list(itertools.chain.from_iterable(ids)), dtype=torch.long)
+        rows = 0 if self.dtype == torch.float32 else packed_rows(len(packed))
+        with torch.inference_mode():
+            return self.model.forward_packed(packed, torch.tensor(lengths), rows).float().tolist()
+
     def prepare(self, dtype: torch.dtype, device: torch.device) -> None:
-        """Check that the encoding fits the model, then eval mode (no dropout; the nested-tensor fast path)
+        """Check that the encoding fits the model, then eval mode (no dropout; the fast inference paths)
         with the encoder in `dtype`; the reward head, a tiny MLP, stays in float32 so rewards keep their
         precision (see RewardHead). Cast where the weights are (the CPU), then move."""
         check_compatible(self.model, self.tokenizer)

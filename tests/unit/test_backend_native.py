@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from app.backends import EncodeError, RewardBackend
+from app.backends.native import packed_rows
 from app.backends.warmup import forward_raw
 from app.store import load_version
 from tests.conftest import TINY_MAX_LEN, TINY_VERSION
@@ -64,6 +65,26 @@ def test_out_of_memory_is_raised_for_the_batcher_to_split_and_is_safe_without_cu
     def out_of_memory(*_args):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(version.backend.model, "forward", out_of_memory)
+    for method in ("forward", "forward_packed"):  # the accelerator's path and the CPU's
+        monkeypatch.setattr(version.backend.model, method, out_of_memory)
     with pytest.raises(torch.OutOfMemoryError):
         version.backend.forward(version.backend.encode(["p"], ["r"]))
+
+
+def test_packed_rows_grow_to_few_counts_and_by_at_most_an_eighth_past_256() -> None:
+    grown = {tokens: packed_rows(tokens) for tokens in range(1, 16_385)}
+    assert all(rows >= tokens for tokens, rows in grown.items())
+    assert all(rows - tokens < 16 for tokens, rows in grown.items() if tokens <= 256)
+    assert all(rows <= tokens * 9 / 8 for tokens, rows in grown.items() if tokens > 256)
+    assert len(set(grown.values())) == 64
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_forward_in_either_precision_matches_the_padded_model(tiny_model_store: Path, dtype) -> None:
+    version = load_version(tiny_model_store / TINY_VERSION)
+    version.backend.prepare(dtype, torch.device("cpu"))
+    ids = version.backend.encode(["a", "longer prompt " * 4, "x " * 100], ["b", "an answer " * 6, "y"])
+    with torch.inference_mode():
+        padded = version.backend.model(*version.tokenizer.pad(ids)).tolist()
+    tolerance = 1e-5 if dtype == torch.float32 else 0.05  # bfloat16: rounding of an 8-bit mantissa
+    assert version.backend.forward(ids) == pytest.approx(padded, abs=tolerance)

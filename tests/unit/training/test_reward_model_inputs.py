@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from app.model import RewardModel, RewardModelConfig
 from app.tokenizer import EncodingSpec, PairTokenizer
 from tests.conftest import REPO, sample_texts, tiny_model, tiny_tokenizer
 
@@ -24,6 +25,27 @@ def test_padding_does_not_change_a_reward(mode: str) -> None:
         extra = tokenizer.spec.max_len - input_ids.shape[1]  # pad every row out to the longest allowed input
         input_ids = torch.nn.functional.pad(input_ids, (0, extra), value=tokenizer.pad_id)
         padded = model(input_ids, torch.nn.functional.pad(mask, (0, extra)))
+    assert torch.allclose(alone, padded, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+@pytest.mark.parametrize("filler", [0, 37])  # zero rows past the real tokens (a fixed shape's padding)
+def test_packed_inference_gives_the_rewards_of_the_padded_forward(activation: str, filler: int) -> None:
+    torch.manual_seed(4)
+    model = RewardModel(RewardModelConfig(**{**tiny_model().cfg.to_dict(), "activation": activation})).eval()
+    tokenizer = tiny_tokenizer()
+    prompts, responses = sample_texts(7, seed=8), sample_texts(7, seed=9)
+    ids = tokenizer.encode_pairs(prompts, responses)
+    ids[3] = ids[3][:3]  # lengths from the bare special tokens to max_len, in no order
+    ids[5] = tokenizer.encode_pairs(["word " * 200], ["word " * 200])[0]
+    lengths = torch.tensor([len(x) for x in ids])
+    packed = torch.tensor([token for x in ids for token in x])
+    with torch.inference_mode():
+        padded = model(*tokenizer.pad(ids))
+        rewards = model.forward_packed(packed, lengths, rows=len(packed) + filler)
+        alone = torch.cat([model.forward_packed(torch.tensor(x), torch.tensor([len(x)])) for x in ids])
+    assert min(lengths) == 3 and max(lengths) == tokenizer.spec.max_len and len(set(lengths.tolist())) >= 5
+    assert torch.allclose(rewards, padded, atol=1e-5)
     assert torch.allclose(alone, padded, atol=1e-5)
 
 
