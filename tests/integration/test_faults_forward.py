@@ -95,11 +95,10 @@ def test_a_failing_item_fails_alone_and_its_batch_neighbours_get_rewards(poisone
     # at least one round (of a bounded few) must have shared batches (tests/integration/test_isolation.py
     # shows, in process, the poisoned item sharing one batch with all of them and failing alone).
     for _ in range(SHARING_ROUNDS):
-        before = batch_counters(poisoned_server.url)
-        answers = send_together(poisoned_server.url, pairs)
-        batches, items = (
-            after - earlier for after, earlier in zip(batch_counters(poisoned_server.url), before, strict=True)
-        )
+        url = poisoned_server.url
+        before = batch_counters(url)
+        answers = send_together(url, pairs)
+        batches, items = (after - earlier for after, earlier in zip(batch_counters(url), before, strict=True))
         assert items == len(pairs)
         *clean_answers, poisoned = answers
         assert [a.status_code for a in clean_answers] == [200] * len(clean)
