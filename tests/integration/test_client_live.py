@@ -26,6 +26,9 @@ from tests.conftest import free_port, sample_texts, start_server, wait_until_rea
 PROMPTS = sample_texts(40, seed=21)
 RESPONSES = sample_texts(40, seed=22)
 QUICK = RetryPolicy(max_retries=2, backoff_base=0.05, backoff_max=0.2)
+# retries at most 0.5 s apart across a server restart: about 90 s, as long as a test server gets to become
+# ready (tests/conftest.py), so a slow start on a loaded machine is still within the call
+RESTART_RETRIES = 180
 
 
 def reference_rewards(url: str, prompts: list[str], responses: list[str]) -> list[float]:
@@ -120,7 +123,7 @@ def test_retries_carry_a_call_across_a_server_restart(
     def server_on_port():  # the same port every time, so conftest's url (another free port) is not used
         return start_server(tiny_model_store, tmp_path, args=("--port", str(port)), wait_ready=False)
 
-    retry = RetryPolicy(max_retries=60, backoff_base=0.1, backoff_max=0.5)
+    retry = RetryPolicy(max_retries=RESTART_RETRIES, backoff_base=0.1, backoff_max=0.5)
     outcome: dict = {}
     with RewardClient(url, retry=retry) as client:
         with server_on_port() as server:
@@ -135,7 +138,7 @@ def test_retries_carry_a_call_across_a_server_restart(
         with caplog.at_level(logging.DEBUG, logger="app.client"):
             during.start()
             with server_on_port():
-                during.join(timeout=60)
+                during.join(timeout=RESTART_RETRIES * retry.backoff_max + 30)
     assert not during.is_alive()
     failed_attempts = [r for r in caplog.records if "reward request attempt" in r.getMessage()]
     assert failed_attempts, "the call succeeded without a retry: the server was never down for it"

@@ -40,10 +40,15 @@ def body_held_until(request: dict, release: threading.Event) -> Iterator[bytes]:
 
 
 def connection_refused(url: str) -> bool:
+    """Whether a new connection is refused. A connection the stopping server accepted just before it
+    closed its socket is closed unanswered (or reset), and a slow answer times out: neither is a refusal
+    yet, so the caller asks again."""
     try:
         httpx.get(f"{url}/healthz", timeout=1.0)
     except httpx.ConnectError:
         return True
+    except httpx.TransportError:
+        return False
     return False
 
 
