@@ -82,3 +82,15 @@ def test_the_default_model_served_in_bfloat16_keeps_fp32_rewards_and_orderings(s
     clear = [i for i in range(n) if abs(fp32[i] - fp32[i + n]) > 2 * tolerance]
     assert clear, "the sample has pairs the model separates clearly"
     assert [bf16[i] > bf16[i + n] for i in clear] == [fp32[i] > fp32[i + n] for i in clear]
+
+
+def test_the_default_model_packed_on_the_cpu_gives_the_padded_models_rewards() -> None:
+    """The CPU forward runs on packed inputs (`RewardModel.forward_packed`); on the shipped model, with
+    its real width, heads and lengths up to max_len, it must give what the padded forward gives."""
+    rows = sample_pairs(32)
+    version = load_version(STORE / read_current(STORE))
+    ids = version.backend.encode([r["prompt"] for r in rows], [r["chosen"] for r in rows])
+    assert len({len(x) for x in ids}) > 10 and max(map(len, ids)) == version.backend.max_len
+    with torch.inference_mode():
+        padded = version.backend.model(*version.tokenizer.pad(ids)).tolist()
+    assert version.backend.forward(ids) == pytest.approx(padded, abs=1e-4)
