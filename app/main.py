@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -92,6 +93,7 @@ async def save_snapshot(stats: RunningStats, settings: Settings, metrics: Servic
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     configure_torch_threads(settings.torch_threads)
+    sys.setswitchinterval(settings.gil_switch_ms / 1000)
     metrics: ServiceMetrics = app.state.metrics
     compute = ComputeThread()  # forward passes and model loads share the one torch thread
     registry = ModelRegistry(
