@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import app.model
 from app.model import RewardModel, RewardModelConfig
 from app.tokenizer import EncodingSpec, PairTokenizer
 from tests.conftest import REPO, sample_texts, tiny_model, tiny_tokenizer
@@ -47,6 +48,18 @@ def test_packed_inference_gives_the_rewards_of_the_padded_forward(activation: st
     assert min(lengths) == 3 and max(lengths) == tokenizer.spec.max_len and len(set(lengths.tolist())) >= 5
     assert torch.allclose(rewards, padded, atol=1e-5)
     assert torch.allclose(alone, padded, atol=1e-5)
+
+
+def test_the_compiled_encoder_layers_compute_what_the_python_ones_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tokenizer = tiny_model(seed=2), tiny_tokenizer()
+    ids = tokenizer.encode_pairs(sample_texts(5, seed=3), sample_texts(5, seed=4))
+    packed, lengths = torch.tensor([t for x in ids for t in x]), torch.tensor([len(x) for x in ids])
+    assert isinstance(app.model.packed_layers(), torch.jit.ScriptFunction)  # this torch still compiles it
+    with torch.inference_mode():
+        compiled = model.forward_packed(packed, lengths, rows=len(packed) + 11)
+        monkeypatch.setattr(app.model, "packed_layers", lambda: app.model.encoder_layers_packed)
+        from_python = model.forward_packed(packed, lengths, rows=len(packed) + 11)
+    assert torch.allclose(compiled, from_python, atol=1e-6)
 
 
 def test_truncation_keeps_the_response_and_the_prompt_end() -> None:
