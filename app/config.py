@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default_factory=cpu_budget, ge=1)  # intra-op threads; default: cpu_budget()
     # how often (ms) a Python thread holding the GIL hands it over (Python's default: 5): the compute
     # thread needs the GIL between the operations of a forward pass, the event loop holds it for HTTP
-    gil_switch_ms: float = Field(0.2, gt=0.0, le=100.0)
+    gil_switch_ms: float = Field(0.2, ge=0.05, le=100.0)
 
     # --- micro-batching ---
     max_batch_size: int = Field(64, ge=1, le=4096)  # items per forward pass (1 turns batching off)

@@ -93,6 +93,7 @@ async def save_snapshot(stats: RunningStats, settings: Settings, metrics: Servic
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     configure_torch_threads(settings.torch_threads)
+    switch_interval = sys.getswitchinterval()  # the process's own, given back at shutdown
     sys.setswitchinterval(settings.gil_switch_ms / 1000)
     metrics: ServiceMetrics = app.state.metrics
     compute = ComputeThread()  # forward passes and model loads share the one torch thread
@@ -139,6 +140,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(admission.close)
         await asyncio.to_thread(compute.close)  # waits for a load still running on the compute thread
         await save_snapshot(service.running_stats, settings, metrics)
+        sys.setswitchinterval(switch_interval)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

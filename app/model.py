@@ -156,7 +156,8 @@ class RewardModel(nn.Module):
             x, slots, keys, real, weights, cfg.heads, cfg.layer_norm_eps, cfg.activation == "gelu"
         )
         summed = torch.zeros(batch, x.shape[1], device=ids.device).index_add_(0, item, x[:real].float())
-        return self.head(summed / lengths.unsqueeze(-1).float())  # masked mean, summed in float32
+        count = lengths.unsqueeze(-1).clamp(min=1).float()
+        return self.head(summed / count)  # masked mean, summed in float32 (as masked_mean)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -392,6 +392,48 @@ def compare_paths(store: Path, pairs: list[dict], batch_sizes: list[int], rounds
     return {"paths": figures, "refused": refused, "rounds": rounds}
 
 
+def time_batches(forward: Callable, batches: list[list[list[int]]]) -> tuple[float, float]:
+    """Median milliseconds per batch and items/s over one pass of encoded `batches`."""
+    times = []
+    with torch.inference_mode():
+        for batch in batches:
+            started = time.perf_counter()
+            forward(batch)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000, sum(map(len, batches)) / sum(times)
+
+
+def compare_forwards(store: Path, pairs: list[dict], dtype: str, sizes: list[int], rounds: int, seed: int):
+    """The CPU forward the service runs (inputs packed, `RewardModel.forward_packed`) against the model's
+    padded forward (torch's nested-tensor fast path) on the same batches: pairs in a random order (as a
+    server meets them) and, for batches of more than one, sorted by length (the ceiling's batches); both
+    timed in turn `rounds` times, medians."""
+    version = load_live(store, dtype, "torch")
+    backend = version.backend
+    ids = backend.encode([p["prompt"] for p in pairs], [p["response"] for p in pairs])
+    random.Random(seed).shuffle(ids)
+
+    def padded(batch: list[list[int]]) -> None:
+        backend.model(*backend.tokenizer.pad(sorted(batch, key=len)))
+
+    forwards = {"packed": backend.forward, "padded": padded}
+    rows = []
+    for size in sizes:
+        orders = {"random": ids} | ({"sorted": sorted(ids, key=len)} if size > 1 else {})
+        for order, items in orders.items():
+            batches = [items[i : i + size] for i in range(0, len(items), size)]
+            figures: dict[str, list[tuple[float, float]]] = {name: [] for name in forwards}
+            for _ in range(rounds):
+                for name, forward in forwards.items():
+                    figures[name].append(time_batches(forward, batches))
+            rows += [{
+                "dtype": dtype, "batch": size, "order": order, "forward": name,
+                "ms_per_batch": statistics.median(v[0] for v in values),
+                "items_per_s": statistics.median(v[1] for v in values),
+            } for name, values in figures.items()]  # fmt: skip
+    return rows
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -639,14 +681,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare-paths", metavar="ROUNDS", type=int,
         help="only time every execution path in process on --mix (--ceiling-batch-sizes); JSON, exit",
     )  # fmt: skip
+    parser.add_argument(
+        "--compare-forward", metavar="ROUNDS", type=int,
+        help="only time the packed CPU forward against the padded one (--dtype; auto: both precisions) on "
+        "--mix (--ceiling-batch-sizes), oneDNN's kernel cache capped as the server caps it; JSON, exit",
+    )  # fmt: skip
     parser.add_argument("--serve-naive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     return parser
 
 
 def compare_only(args: argparse.Namespace, min_chars: int) -> dict:
-    """--compare-paths (every execution path timed in turn) or --compare-dtype (accuracy vs float32)."""
+    """--compare-paths (every execution path timed in turn), --compare-forward (packed vs padded) or
+    --compare-dtype (accuracy vs float32)."""
     configure_torch_threads(args.threads)
+    if args.compare_forward:  # before any forward pass: oneDNN reads it when it first builds a kernel
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")  # as the server sets it
+        pairs = load_pairs(args.data, args.pairs, args.seed, min_chars)
+        dtypes = ["float32", "bfloat16"] if args.dtype == "auto" else [args.dtype]
+        sizes, rounds = args.ceiling_batch_sizes, args.compare_forward
+        rows = [
+            row for dtype in dtypes
+            for row in compare_forwards(args.model_store, pairs, dtype, sizes, rounds, args.seed)
+        ]  # fmt: skip
+        return {"cpu": cpu_model(), "mix": args.mix, "threads": args.threads, "rows": rows}
     if args.compare_paths:
         pairs = load_pairs(args.data, args.pairs, args.seed, min_chars)
         report = compare_paths(args.model_store, pairs, args.ceiling_batch_sizes, args.compare_paths)
@@ -661,7 +719,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.serve_naive:
         serve_naive(args.model_store, args.port, args.threads, args.dtype, args.path)
         return
-    if args.compare_paths or args.compare_dtype:
+    if args.compare_paths or args.compare_forward or args.compare_dtype:
         print(json.dumps(compare_only(args, min_chars), indent=2))
         return
     if args.naive and "naive" not in args.servers:

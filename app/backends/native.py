@@ -22,7 +22,7 @@ import torch
 
 from app.backends import EncodeError
 from app.errors import CheckpointError
-from app.model import RewardModel
+from app.model import RewardModel, packed_layers
 from app.tokenizer import PairTokenizer
 
 MIN_MAX_LEN = 8  # tokens: CLS, two SEPs and a few of text on each side
@@ -131,6 +131,8 @@ class NativeBackend:
         self.model.to(dtype=dtype).eval()
         self.model.head.float()
         self.model.to(device)
+        if device.type == "cpu":
+            packed_layers()  # compiled here, on the loading thread, not by the first request
 
 
 def check_compatible(model: RewardModel, tokenizer: PairTokenizer) -> None:

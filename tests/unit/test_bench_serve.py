@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -57,3 +58,18 @@ def test_main_thread_cpu_grows_with_work_and_is_none_for_a_missing_process(bench
     after = bench.main_thread_cpu_s(os.getpid())
     assert before is not None and after is not None and after - before >= 0.1
     assert bench.main_thread_cpu_s(2**22 + 1) is None  # above Linux's pid_max
+
+
+def test_compare_forward_times_both_forwards_for_every_batch_size_and_order(bench, tiny_model_store, capsys):
+    bench.main([
+        "--compare-forward", "1", "--model-store", str(tiny_model_store), "--dtype", "float32",
+        "--ceiling-batch-sizes", "1", "3", "--pairs", "6", "--threads", "1",
+    ])  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    cases = {(r["batch"], r["order"], r["forward"]) for r in report["rows"]}
+    batches = ((1, "random"), (3, "random"), (3, "sorted"))
+    assert cases == {(size, order, forward) for size, order in batches for forward in ("packed", "padded")}
+    assert all(
+        r["items_per_s"] > 0 and r["ms_per_batch"] > 0 and r["dtype"] == "float32" for r in report["rows"]
+    )
+    assert report["cpu"] and report["threads"] == 1

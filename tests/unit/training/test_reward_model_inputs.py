@@ -29,11 +29,14 @@ def test_padding_does_not_change_a_reward(mode: str) -> None:
     assert torch.allclose(alone, padded, atol=1e-5)
 
 
-@pytest.mark.parametrize("activation", ["gelu", "relu"])
+@pytest.mark.parametrize(("activation", "eps"), [("gelu", 1e-5), ("relu", 1e-5), ("gelu", 0.5)])
 @pytest.mark.parametrize("filler", [0, 37])  # zero rows past the real tokens (a fixed shape's padding)
-def test_packed_inference_gives_the_rewards_of_the_padded_forward(activation: str, filler: int) -> None:
+def test_packed_inference_gives_the_rewards_of_the_padded_forward(
+    activation: str, eps: float, filler: int
+) -> None:
     torch.manual_seed(4)
-    model = RewardModel(RewardModelConfig(**{**tiny_model().cfg.to_dict(), "activation": activation})).eval()
+    changes = {"activation": activation, "layer_norm_eps": eps}  # an eps of 0.5 shows whether it is passed on
+    model = RewardModel(RewardModelConfig(**{**tiny_model().cfg.to_dict(), **changes})).eval()
     tokenizer = tiny_tokenizer()
     prompts, responses = sample_texts(7, seed=8), sample_texts(7, seed=9)
     ids = tokenizer.encode_pairs(prompts, responses)
