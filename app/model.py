@@ -66,9 +66,11 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.tokens(input_ids) + self.positions(positions)  # (B, T, H)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids -> (B, T, H); or packed ids (M,) with each token's `positions` (M,) -> (M, H)."""
+        if positions is None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.tokens(input_ids) + self.positions(positions)
         return self.dropout(self.norm(x))
 
 
@@ -147,9 +149,7 @@ class RewardModel(nn.Module):
         keys = torch.zeros(batch * width, dtype=torch.bool, device=ids.device)
         keys[slots] = True
         keys = keys.view(batch, 1, 1, width)  # attend to real tokens only
-        embeddings = self.embeddings
-        x = embeddings.norm(embeddings.tokens(ids) + embeddings.positions(position))  # (M, H)
-        x = F.pad(x, (0, 0, 0, max(rows - real, 0)))
+        x = F.pad(self.embeddings(ids, position), (0, 0, 0, max(rows - real, 0)))  # (R, H)
         weights = [w for layer in self.encoder.layers for w in layer_weights(layer)]
         cfg = self.cfg
         x = packed_layers()(
@@ -193,9 +193,8 @@ def encoder_layers_packed(
         qkv = F.linear(x, w[0], w[1])  # (R, 3H)
         laid_out = qkv.new_zeros(batch * width, 3 * hidden)
         laid_out[slots] = qkv[:real]
-        q_k_v = laid_out.view(batch, width, 3, heads, hidden // heads).permute(
-            2, 0, 3, 1, 4
-        )  # 3 x (B, h, T, d)
+        heads_view = laid_out.view(batch, width, 3, heads, hidden // heads)
+        q_k_v = heads_view.permute(2, 0, 3, 1, 4)  # 3 x (B, h, T, d)
         mixed = F.scaled_dot_product_attention(q_k_v[0], q_k_v[1], q_k_v[2], attn_mask=keys)
         mixed = F.pad(mixed.transpose(1, 2).reshape(batch * width, hidden)[slots], [0, 0, 0, filler])
         x = F.layer_norm(x + F.linear(mixed, w[2], w[3]), [hidden], w[4], w[5], eps)
