@@ -1,4 +1,4 @@
-"""The micro-batcher: one bounded queue for all clients -> length-grouped batches -> a worker thread.
+"""The micro-batcher: one bounded queue for all clients -> batches within token budgets -> a worker thread.
 
 It knows neither HTTP nor torch. Callers submit payloads with their exact length in tokens and a group key
 (items of different groups, e.g. model versions, never share a batch); `run_batch(list[payload]) ->
@@ -8,9 +8,12 @@ model loading) so the event loop keeps accepting requests while the model comput
 When the worker is free and items are pending, it starts at once unless more are on their way (callers
 announce requests they are still preparing with `incoming()`): then it waits at most `max_wait_s` after
 the oldest pending item (less if a full batch is already there). A lone client so pays no batching wait.
-It takes what is pending (oldest first, a few batches' worth), sorts each group by
-length and cuts contiguous runs by item count and padded-token budget, so a batch holds items of similar
-length and padding stays small. A large request is split across batches and shares them with others.
+It takes what is pending (oldest first, a few batches' worth) and cuts each group into batches by item
+count and token budget. Padded inputs (batch x longest) are sorted by length first, so a batch holds
+items of similar length and padding stays small. Packed inputs (a backend that packs them, as the CPU
+path does) cost their real tokens whatever their companions: they keep arrival order, so short items
+never overtake long ones and every item of a round waits about as long. A large request is split across
+batches and shares them with others.
 While one batch of a round computes, the next is already queued on the worker thread, which so goes
 straight from one batch to the next; the next round is formed when the last batch of this one ends.
 Items whose caller has gone (cancelled future) are dropped before compute. When `run_batch` raises, the
@@ -87,6 +90,7 @@ class WorkItem:
     length: int  # tokens: the sort key and the unit of the batch budget and of admission
     group: Hashable
     future: asyncio.Future
+    packed: bool = False  # its group's backend packs inputs: batches cost real tokens, not padded ones
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -102,27 +106,56 @@ class BatchReport:
     failed_items: int  # items that failed (alone: the others of the batch were computed)
 
 
-def cut_payloads(payloads: Sequence[Any], lengths: Sequence[int], policy: BatchPolicy) -> list[list[Any]]:
+def cut_payloads(
+    payloads: Sequence[Any], lengths: Sequence[int], policy: BatchPolicy, packed: bool = False
+) -> list[list[Any]]:
     """The batches `cut_batches` makes of these payloads of one group, pending together (benchmarks)."""
-    items = [WorkItem(p, n, 0, None) for p, n in zip(payloads, lengths, strict=True)]
+    items = [WorkItem(p, n, 0, None, packed) for p, n in zip(payloads, lengths, strict=True)]
     return [[item.payload for item in batch] for batch in cut_batches(items, policy)]
 
 
 def cut_batches(items: Sequence[WorkItem], policy: BatchPolicy) -> list[list[WorkItem]]:
-    """Group by `group` (first-seen order), sort each by length, cut runs within size and token budget."""
+    """Group by `group` (first-seen order) and cut each within the size and token bounds: by padded tokens
+    after sorting by length, or, for a group whose backend packs its inputs, by real tokens in arrival
+    order."""
     groups: dict[Hashable, list[WorkItem]] = {}
     for item in items:
         groups.setdefault(item.group, []).append(item)
     batches: list[list[WorkItem]] = []
     for members in groups.values():
-        batch: list[WorkItem] = []
-        for item in sorted(members, key=lambda it: it.length):
-            padded = (len(batch) + 1) * max(item.length, 1)  # sorted: the new item is the longest
-            if batch and (len(batch) >= policy.max_batch_size or padded > policy.max_batch_tokens):
-                batches.append(batch)
-                batch = []
-            batch.append(item)
-        batches.append(batch)
+        batches += cut_packed(members, policy) if members[0].packed else cut_padded(members, policy)
+    return batches
+
+
+def cut_padded(members: Sequence[WorkItem], policy: BatchPolicy) -> list[list[WorkItem]]:
+    """Sorted by length, cut where the size or the padded tokens (size x longest) would exceed the bounds:
+    the inputs are padded to the longest, so items of similar length share a batch."""
+    batches: list[list[WorkItem]] = []
+    batch: list[WorkItem] = []
+    for item in sorted(members, key=lambda it: it.length):
+        padded = (len(batch) + 1) * max(item.length, 1)  # sorted: the new item is the longest
+        if batch and (len(batch) >= policy.max_batch_size or padded > policy.max_batch_tokens):
+            batches.append(batch)
+            batch = []
+        batch.append(item)
+    batches.append(batch)
+    return batches
+
+
+def cut_packed(members: Sequence[WorkItem], policy: BatchPolicy) -> list[list[WorkItem]]:
+    """In arrival order, cut where the size or the real tokens (the sum of lengths) would exceed the bounds:
+    packed inputs cost their own tokens whatever their companions, so sorting would buy nothing and would
+    only make short items overtake long ones (every item waits about as long as the others)."""
+    batches: list[list[WorkItem]] = []
+    batch: list[WorkItem] = []
+    tokens = 0
+    for item in members:
+        if batch and (len(batch) >= policy.max_batch_size or tokens + item.length > policy.max_batch_tokens):
+            batches.append(batch)
+            batch, tokens = [], 0
+        batch.append(item)
+        tokens += item.length
+    batches.append(batch)
     return batches
 
 
@@ -188,8 +221,11 @@ class MicroBatcher:
         lengths: Sequence[int],
         group: Hashable,
         admission: AdmissionPolicy = FAST_REFUSAL,
+        packed: bool = False,
     ) -> list[asyncio.Future]:
-        """Queue all payloads or none: Overloaded when they do not fit, so a request is never half-queued."""
+        """Queue all payloads or none: Overloaded when they do not fit, so a request is never half-queued.
+        `packed`: the group's backend packs its inputs (RewardBackend.packs_inputs); the same for every
+        submission of a group."""
         if not self._fits(lengths):
             self._drop_abandoned()
         if not self._fits(lengths):
@@ -200,7 +236,10 @@ class MicroBatcher:
             )
         self.check_admission(admission)
         loop = asyncio.get_running_loop()
-        items = [WorkItem(p, n, group, loop.create_future()) for p, n in zip(payloads, lengths, strict=True)]
+        items = [
+            WorkItem(p, n, group, loop.create_future(), packed)
+            for p, n in zip(payloads, lengths, strict=True)
+        ]
         self._pending.extend(items)
         self._queued_tokens += sum(lengths)
         self._arrived.set()
@@ -212,9 +251,10 @@ class MicroBatcher:
         lengths: Sequence[int],
         group: Hashable,
         admission: AdmissionPolicy = FAST_REFUSAL,
+        packed: bool = False,
     ) -> list[Any]:
         """Submit and await every result, in input order. If the caller goes away, its items are dropped."""
-        futures = self.submit(payloads, lengths, group, admission)
+        futures = self.submit(payloads, lengths, group, admission, packed)
         try:
             return list(await asyncio.gather(*futures))
         except BaseException:

@@ -94,7 +94,8 @@ class Settings(BaseSettings):
 
     # --- micro-batching ---
     max_batch_size: int = Field(64, ge=1, le=4096)  # items per forward pass (1 turns batching off)
-    # token budget of one forward pass (exact lengths: size x longest); 0 = auto: 2048 on cpu, 16384 on cuda
+    # token budget of one forward pass in exact lengths: their sum for a backend that packs its inputs (the
+    # native CPU forward), else size x longest (padded); 0 = auto: 2048 on cpu, 16384 on cuda
     max_batch_tokens: int = Field(0, ge=0)
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)  # longest wait for more items after the first one
     queue_size: int = Field(4096, ge=1)  # items waiting at most; beyond it requests get 429

@@ -68,7 +68,7 @@ HISTOGRAMS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
         (), DURATION_BUCKETS,
     ),
     "forward_duration": (
-        "reward_forward_duration_seconds", "Time to score one micro-batch (tokens, forward, heuristics).",
+        "reward_forward_duration_seconds", "Time of one micro-batch's forward pass (of encoded items).",
         (), DURATION_BUCKETS,
     ),
     "batch_size": ("reward_batch_size", "Items per micro-batch.", (), BATCH_SIZE_BUCKETS),

@@ -203,7 +203,9 @@ class ScoringService:
         with self.batcher.incoming():  # the batcher waits for these items rather than start without them
             payloads = await self.admission.encode(version, pairs, locate, policy)
         lengths = [len(p.ids) for p in payloads]
-        parts: list[ItemParts] = await self.batcher.run(payloads, lengths, id(version), policy)
+        parts: list[ItemParts] = await self.batcher.run(
+            payloads, lengths, id(version), policy, version.backend.packs_inputs
+        )
         return self._finish(parts, options, version.version, sum(lengths))
 
     def _finish(

@@ -228,16 +228,18 @@ def serve_naive(store: Path, port: int, threads: int, dtype: str, path: str) -> 
 # ---------------------------------------------------------------- ceiling
 
 
-def server_like_batches(pairs: list[dict], lengths: list[int], pool: int, seed: int) -> list[list[dict]]:
+def server_like_batches(
+    pairs: list[dict], lengths: list[int], pool: int, seed: int, packed: bool
+) -> list[list[dict]]:
     """`pairs` (of exact token `lengths`) in random order, taken `pool` at a time (the items pending
-    together in a server) and cut by the server's own code and default CPU limits: what its batches look
-    like at that load."""
+    together in a server) and cut by the server's own code and default CPU limits (`packed`: as for a
+    backend that packs its inputs): what its batches look like at that load."""
     policy = BatchPolicy(max_batch_tokens=batch_tokens(default_of("max_batch_tokens"), "cpu"))
     order = random.Random(seed).sample(range(len(pairs)), len(pairs))
     batches = []
     for start in range(0, len(order), pool):
         chunk = order[start : start + pool]
-        batches += cut_payloads([pairs[i] for i in chunk], [lengths[i] for i in chunk], policy)
+        batches += cut_payloads([pairs[i] for i in chunk], [lengths[i] for i in chunk], policy, packed)
     return batches
 
 
@@ -295,10 +297,14 @@ def in_process_ceiling(
     cases: dict[tuple[str, int], tuple[list[list[dict]], float]] = {}
     for size in batch_sizes:
         cases["size", size] = ([by_length[s : s + size] for s in range(0, len(pairs), size)], 0.0)
+    packed = version.backend.packs_inputs
     for n in pools:
-        cases["pool", n] = (server_like_batches(pairs, lengths, n, seed), 0.0)
+        cases["pool", n] = (server_like_batches(pairs, lengths, n, seed, packed), 0.0)
     if python_duty and pools:
-        cases["loaded", max(pools)] = (server_like_batches(pairs, lengths, max(pools), seed), python_duty)
+        cases["loaded", max(pools)] = (
+            server_like_batches(pairs, lengths, max(pools), seed, packed),
+            python_duty,
+        )
     forward_raw(version, [p["prompt"] for p in by_length[:8]], [p["response"] for p in by_length[:8]])
     rates: dict[tuple[str, int], list[float]] = {key: [] for key in cases}
     for _ in range(repeats):

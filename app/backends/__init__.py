@@ -60,6 +60,12 @@ class RewardBackend(Protocol):
         """The dtype the forward pass computes in (after `prepare`)."""
         ...
 
+    @property
+    def packs_inputs(self) -> bool:
+        """Whether `forward` packs its inputs without padding, so that a batch costs its real tokens
+        (False: padded to the longest, a batch costs size x longest). The batcher cuts batches by it."""
+        ...
+
     def describe(self) -> dict:
         """{"architecture": dict, "encoding": dict, "parameters": int} for /v1/model."""
         ...

@@ -82,6 +82,7 @@ class ExecutionPath:
     forward: Forward
     dtype: str  # the precision of its arithmetic: float32, bfloat16, float16 or int8
     model: RewardModel | None = None  # the torch module behind `run`, if any (kept while it serves)
+    packs_inputs: bool = False  # the forward packs its inputs (RewardBackend.packs_inputs)
 
     @property
     def eps(self) -> float:
@@ -126,7 +127,7 @@ def native_path(name: str, model: RewardModel, tokenizer: PairTokenizer) -> Exec
     """The native backend over `model` in the precision `name` (cast in place)."""
     backend = NativeBackend(model, tokenizer)
     backend.prepare(TORCH_DTYPES[name], torch.device("cpu"))
-    return ExecutionPath(name, backend.forward, name, model)
+    return ExecutionPath(name, backend.forward, name, model, backend.packs_inputs)
 
 
 class MeasuredBackend:
@@ -151,6 +152,10 @@ class MeasuredBackend:
     def dtype(self) -> torch.dtype:
         """The torch dtype nearest the serving path's arithmetic (int8 paths compute around float32)."""
         return TORCH_DTYPES.get(self.execution.path.dtype, torch.float32)
+
+    @property
+    def packs_inputs(self) -> bool:
+        return self.execution.path.packs_inputs
 
     def describe(self) -> dict:
         return self.native.describe()

@@ -157,6 +157,7 @@ class HFBackend:
     """A Hugging Face reward model: render + tokenize (encode), pad + forward + pool (forward)."""
 
     kind = "hf"
+    packs_inputs = False  # padded to the longest of each batch
 
     def __init__(self, model, tokenizer, spec: HFSpec):
         self.model = model

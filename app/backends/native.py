@@ -71,6 +71,11 @@ class NativeBackend:
         """The encoder's compute dtype (the head stays in float32)."""
         return next(self.model.parameters()).dtype
 
+    @property
+    def packs_inputs(self) -> bool:
+        """On the CPU the forward packs its inputs (forward_packed); on an accelerator it pads them."""
+        return self.device.type == "cpu"
+
     def describe(self) -> dict:
         """What /v1/model shows: architecture, encoding, number of parameters."""
         return {

@@ -23,6 +23,7 @@ def test_native_backend_implements_the_backend_interface(version) -> None:
     assert isinstance(version.backend, RewardBackend)
     assert version.backend.kind == "native"
     assert version.backend.max_len == TINY_MAX_LEN
+    assert version.backend.packs_inputs  # on the CPU: batches cost their real tokens
 
 
 def test_encode_gives_the_ids_the_model_reads_truncated_to_max_len(version) -> None:

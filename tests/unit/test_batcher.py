@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 from collections.abc import Iterator
 
@@ -333,3 +334,37 @@ def test_the_queue_bound_counts_tokens_and_refuses_a_request_whole() -> None:
         assert await asyncio.gather(first, *queued) == [[0], 2, 4]
 
     asyncio.run(with_batcher(runner, scenario, max_queue_tokens=100))
+
+
+def test_packed_items_keep_arrival_order_and_batches_count_real_tokens() -> None:
+    runner = RecordingRunner()
+
+    async def scenario(batcher: MicroBatcher) -> list:
+        lengths = [1, 100, 2, 99, 3, 98, 4, 97]
+        return await batcher.run(lengths, lengths, group="v1", packed=True)
+
+    results = asyncio.run(with_batcher(runner, scenario, max_batch_tokens=200))
+    assert results == [2, 200, 4, 198, 6, 196, 8, 194]
+    # arrival order, cut where the sum of lengths would pass 200 (padded, 3 x 100 would already)
+    assert runner.batches == [[1, 100, 2], [99, 3, 98], [4, 97]]
+
+
+def test_a_long_packed_item_is_not_overtaken_by_shorter_ones_that_came_later() -> None:
+    """Sorted by length, the long item would go last behind every later short one; packed, it keeps its
+    place (padded items of the same arrival are sorted: the long one goes last)."""
+
+    async def scenario(batcher: MicroBatcher, packed: bool) -> None:
+        runner = batcher.run_batch
+        first = await occupy_worker(batcher, runner)
+        long = asyncio.create_task(batcher.run([50], [50], group="v1", packed=packed))
+        await asyncio.sleep(0.01)
+        short = [asyncio.create_task(batcher.run([i], [1], group="v1", packed=packed)) for i in range(8)]
+        await asyncio.sleep(0.05)
+        runner.gate.set()
+        await asyncio.gather(first, long, *short)
+
+    for packed, expected_batch in ((True, 1), (False, 3)):  # batches of 4: the long item first, or last
+        runner = held_runner()
+        asyncio.run(with_batcher(runner, functools.partial(scenario, packed=packed)))
+        assert runner.batches[0] == [0]
+        assert [50 in batch for batch in runner.batches].index(True) == expected_batch

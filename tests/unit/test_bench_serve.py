@@ -18,21 +18,27 @@ def bench():
         yield module
 
 
-def test_server_like_batches_cut_each_pool_within_the_cpu_token_budget(bench) -> None:
+@pytest.mark.parametrize("packed", [False, True])
+def test_server_like_batches_cut_each_pool_within_the_cpu_token_budget(bench, packed: bool) -> None:
     pairs = [{"prompt": "p", "response": "r", "n": i} for i in range(100)]
     tokens = [(37 * i) % 126 + 3 for i in range(100)]  # exact lengths, as the backend encodes them
-    pool = 16
-    batches = bench.server_like_batches(pairs, tokens, pool, seed=3)
+    pool = 32
+    batches = bench.server_like_batches(pairs, tokens, pool, seed=3, packed=packed)
     flat = [id(p) for batch in batches for p in batch]
     assert sorted(flat) == sorted(map(id, pairs))  # every pair exactly once
     shuffled = bench.random.Random(3).sample(range(len(pairs)), len(pairs))
     pool_of = {id(pairs[i]): index // pool for index, i in enumerate(shuffled)}
+    arrival = {id(pairs[i]): index for index, i in enumerate(shuffled)}
     for batch in batches:
         assert len({pool_of[id(p)] for p in batch}) == 1  # a batch never reaches beyond its pool
         lengths = [tokens[p["n"]] for p in batch]
-        assert len(batch) == 1 or len(batch) * max(lengths) <= AUTO_BATCH_TOKENS["cpu"]
-        assert lengths == sorted(lengths)  # length-sorted, as the server sorts
-    assert len(batches) > len(pairs) // pool  # the token budget cut some pools more than once
+        cost = sum(lengths) if packed else len(batch) * max(lengths)
+        assert len(batch) == 1 or cost <= AUTO_BATCH_TOKENS["cpu"]
+        if packed:  # packed inputs keep the order they arrived in
+            assert [arrival[id(p)] for p in batch] == sorted(arrival[id(p)] for p in batch)
+        else:  # padded ones are sorted by length, as the server sorts them
+            assert lengths == sorted(lengths)
+    assert len(batches) > -(-len(pairs) // pool)  # the token budget cut some pools more than once
 
 
 def test_batching_figures_come_from_the_counters_deltas(bench) -> None:

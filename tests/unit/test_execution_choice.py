@@ -150,6 +150,7 @@ def test_a_registry_load_with_auto_serves_the_measured_path_through_the_backend(
     assert version.execution is not None and version.execution.setting == "auto"
     assert isinstance(version.backend, RewardBackend)
     assert registry.execution_report(version)["path"] == version.execution.path.name
+    assert version.backend.packs_inputs == version.execution.path.packs_inputs  # the batcher cuts by it
     reference = native_path("float32", tiny_model(), tiny_tokenizer())
     assert version.backend.encode(["Hi"], ["Hello"]) == tiny_tokenizer().encode_pairs(["Hi"], ["Hello"])
     ids, _ = canary_ids(tiny_tokenizer())  # where the guard holds the served path to float32

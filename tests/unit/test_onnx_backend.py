@@ -60,3 +60,5 @@ def test_the_onnx_candidate_passes_the_guard_against_torch(tmp_path: Path) -> No
     )
     onnx = next(c for c in execution.candidates if c.path == "onnx")
     assert onnx.accepted and onnx.max_deviation_std < 1e-3 and onnx.items_per_s > 0
+    assert not candidates.build("onnx").packs_inputs  # padded graph inputs
+    assert candidates.build("float32").packs_inputs  # the torch CPU forward packs them

@@ -59,6 +59,7 @@ def test_reward_equals_transformers_forward_in_float32(checkpoints: dict[str, Pa
     served = backend(checkpoints[name])
     rewards = served.forward(served.encode(PROMPTS, RESPONSES))
     assert rewards == pytest.approx(reference_rewards(checkpoints[name], PROMPTS, RESPONSES), abs=1e-5)
+    assert not served.packs_inputs  # padded: the batcher sorts its items by length
     assert len(set(rewards)) == len(rewards)  # the inputs are told apart: the comparison means something
 
 
