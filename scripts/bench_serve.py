@@ -82,6 +82,9 @@ class Result:
     compute_busy: float | None = None  # share of the run the compute thread spent on batches (/metrics)
     mean_batch: float | None = None  # items per micro-batch during the run (/metrics)
     loop_ms_per_request: float | None = None  # CPU of the server's main thread (event loop) per request
+    # /score: p50 latency of the requests in each quarter of the pairs by length (characters), shortest
+    # first; even figures mean no length waits longer than another
+    p50_ms_by_length_quarter: list[float] | None = None
 
 
 def opener_of(path: Path) -> Callable:
@@ -131,6 +134,7 @@ async def drive(
     variants = len(pairs) if endpoint == "score" else max(1, len(pairs) // batch_items)
     requests = [encode_request(f"{host}:{port}", f"/{endpoint}", body(i)) for i in range(variants)]
     latencies: list[float] = []
+    by_variant: list[list[float]] = [[] for _ in requests]  # latencies of each request body
     errors = 0
     deadline = time.perf_counter() + duration
 
@@ -148,6 +152,7 @@ async def drive(
                     continue
                 if status == 200:
                     latencies.append(time.perf_counter() - started)
+                    by_variant[i % len(requests)].append(latencies[-1])
                 else:
                     errors += 1
                 i += concurrency
@@ -159,6 +164,15 @@ async def drive(
     elapsed = time.perf_counter() - started
     latencies.sort()
     per_request = 1 if endpoint == "score" else batch_items
+    quarters = None
+    if endpoint == "score":
+        by_length = sorted(
+            range(len(pairs)), key=lambda i: len(pairs[i]["prompt"]) + len(pairs[i]["response"])
+        )
+        quarters = [
+            milliseconds(percentile([t for i in part for t in by_variant[i]], 0.50))
+            for part in (by_length[q * len(pairs) // 4 : (q + 1) * len(pairs) // 4] for q in range(4))
+        ]
     return {
         "requests": len(latencies),
         "errors": errors,
@@ -167,6 +181,7 @@ async def drive(
         "p50_ms": milliseconds(percentile(latencies, 0.50)),
         "p90_ms": milliseconds(percentile(latencies, 0.90)),
         "p99_ms": milliseconds(percentile(latencies, 0.99)),
+        "p50_ms_by_length_quarter": quarters,
     }
 
 
@@ -490,9 +505,13 @@ def run_matrix(
             for key, value in batching_figures(before, scrape(url), elapsed).items():
                 setattr(result, key, value)
             results.append(result)
+            quarters = result.p50_ms_by_length_quarter
             print(
                 f"  {name:10s} {endpoint:11s} c={concurrency:<4d} {result.items_per_s:9.1f} items/s  "
-                f"p50 {result.p50_ms:8.1f} ms  p99 {result.p99_ms:8.1f} ms  errors {result.errors}",
+                f"p50 {result.p50_ms:8.1f} ms  p99 {result.p99_ms:8.1f} ms  errors {result.errors}"
+                + (
+                    f"  p50 by length quarter {'/'.join(f'{q:.0f}' for q in quarters)} ms" if quarters else ""
+                ),
                 file=sys.stderr,
                 flush=True,
             )

@@ -79,3 +79,13 @@ def test_compare_forward_times_both_forwards_for_every_batch_size_and_order(benc
         r["items_per_s"] > 0 and r["ms_per_batch"] > 0 and r["dtype"] == "float32" for r in report["rows"]
     )
     assert report["cpu"] and report["threads"] == 1
+
+
+def test_drive_reports_the_median_latency_of_each_quarter_of_the_pairs_by_length(bench, server_url) -> None:
+    pairs = [{"prompt": "q " * (1 + 5 * i), "response": "a " * (1 + 3 * i)} for i in range(8)]
+    figures = bench.asyncio.run(bench.drive(server_url, "score", 2, 1.0, pairs, batch_items=4))
+    assert figures["requests"] > 8 and figures["errors"] == 0  # every pair was sent at least once
+    quarters = figures["p50_ms_by_length_quarter"]
+    assert len(quarters) == 4 and all(0 < q < 60_000 for q in quarters)
+    batch = bench.asyncio.run(bench.drive(server_url, "score_batch", 1, 0.3, pairs, batch_items=4))
+    assert batch["requests"] > 0 and batch["p50_ms_by_length_quarter"] is None  # items of mixed lengths
