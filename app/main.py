@@ -32,7 +32,7 @@ from app.normalize import RunningStats, write_snapshot
 from app.registry import ModelRegistry
 from app.service import BatchScorer, ModelHealth, ScoringDefaults, ScoringService
 from app.store import remove_stale_temporaries
-from app.watcher import ModelWatcher
+from app.watcher import ModelWatcher, release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ STALE_TEMPORARY_S = 3600.0  # a `.tmp-*` version untouched this long belongs to 
 
 
 async def load_model(registry: ModelRegistry, watcher: ModelWatcher) -> None:
-    """Load CURRENT, then watch the store (also when nothing loaded: a later publish is picked up)."""
+    """Load CURRENT, freeze what is alive then (release_freed_memory), then watch the store (also when
+    nothing loaded: a later publish is picked up)."""
     removed = await asyncio.to_thread(remove_stale_temporaries, registry.store, STALE_TEMPORARY_S)
     if removed:
         log.info("removed %d half-written versions left by killed publishes: %s", len(removed), removed)
@@ -65,6 +66,7 @@ async def load_model(registry: ModelRegistry, watcher: ModelWatcher) -> None:
         registry.remember_failure(exc)
         log.exception("no model to serve: %s", registry.last_error)
         watcher.metrics.load_errors.inc()
+    await asyncio.to_thread(release_freed_memory)
     watcher.start()
 
 

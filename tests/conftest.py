@@ -7,6 +7,7 @@ Other test modules reuse these: `publish_tiny_version` to add versions to a stor
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import os
 import random
@@ -38,6 +39,14 @@ _WORDS = str.split(
     "please help me explain why how what when good bad helpful careful honest short long water egg boil "
     "minutes python function list sort river mountain city train ticket song guitar chord atom energy"
 )
+
+
+@pytest.fixture(autouse=True)
+def unfrozen_garbage_collector() -> Iterator[None]:
+    """A service started in this process freezes the objects alive after a model load (gc.freeze); later
+    tests must not inherit a collector that ignores what they made before."""
+    yield
+    gc.unfreeze()
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import resource
 import threading
@@ -143,4 +144,19 @@ def test_a_version_refused_for_lack_of_file_descriptors_is_retried_at_the_next_p
         assert (await watcher.check_store()).version == "v2"
 
     asyncio.run(poll_during_exhaustion_then_again())
+    registry.close()
+
+
+def test_the_startup_load_freezes_what_stays_alive(tmp_path: Path) -> None:
+    publish_tiny_version(tmp_path, "v1")
+    registry = ModelRegistry(tmp_path, device="cpu")
+    watcher = ModelWatcher(registry, ServiceMetrics(), interval_s=3600)
+
+    async def run() -> None:
+        await load_model(registry, watcher)
+        await watcher.stop()
+
+    gc.unfreeze()
+    asyncio.run(run())
+    assert registry.current is not None and gc.get_freeze_count() > 0
     registry.close()

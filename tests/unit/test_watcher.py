@@ -13,7 +13,7 @@ from app.errors import CheckpointError
 from app.metrics import ServiceMetrics
 from app.registry import ModelRegistry
 from app.store import read_current
-from app.watcher import ModelWatcher
+from app.watcher import ModelWatcher, release_freed_memory
 from tests.conftest import publish_nan_version, publish_tiny_version
 
 
@@ -88,3 +88,33 @@ def test_a_replica_that_started_without_a_model_takes_the_first_published_one(tm
     publish_tiny_version(tmp_path, "first")
     assert asyncio.run(watcher.check_store()).version == "first"
     assert registry.ready
+
+
+class Node:
+    """An object in a reference cycle: only the cyclic garbage collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_after_a_load_survivors_are_frozen_and_a_cycle_dropped_later_is_collected_at_the_next() -> None:
+    node = Node()
+    alive = weakref.ref(node)
+    release_freed_memory()
+    assert gc.get_freeze_count() > 0 and alive() is not None
+    del node
+    gc.collect()
+    assert alive() is not None  # frozen: ordinary collections no longer scan it
+    release_freed_memory()  # the next load unfreezes before it collects
+    assert alive() is None
+
+
+def test_reloads_freeze_what_stays_alive(tmp_path: Path) -> None:
+    publish_tiny_version(tmp_path, "v1", seed=1)
+    watcher = started_watcher(tmp_path)
+    gc.unfreeze()
+    publish_tiny_version(tmp_path, "v2", seed=2, make_current=False)
+    asyncio.run(watcher.reload("v2"))
+    assert gc.get_freeze_count() > 0
+    asyncio.run(watcher.stop())
+    watcher.registry.close()
