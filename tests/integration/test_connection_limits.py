@@ -116,7 +116,10 @@ def test_headers_trickled_slowly_are_cut_off(bounded_server: RunningServer) -> N
             for _ in range(int(4 * HEADER_TIMEOUT_S / 0.2)):
                 slow.sendall(b"X-Slow: 1\r\n")
                 time.sleep(0.2)
-        assert read_until_closed(slow) == b""
+        # a line that reached the socket after the server closed it makes the kernel reset the connection:
+        # that is a cut too (a server that kept the socket open would raise TimeoutError here)
+        with contextlib.suppress(ConnectionResetError):
+            assert read_until_closed(slow) == b""
 
 
 def test_a_keep_alive_connection_gets_the_same_deadline_after_a_response(

@@ -106,8 +106,10 @@ def test_slow_loris_body_is_cut_off_by_the_body_limit(limited_server: RunningSer
         head_framing = b"Content-Length: %d\r\n" % len(body)
         parts = [bytes([byte]) for byte in body]
     head = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + head_framing + b"\r\n"
-    # one byte per 0.2 s would take over 14 s; the 1 s body limit answers long before
-    reply = raw_request(port, head, parts, pause_s=0.2)
+    # one byte per 0.45 s would take over 30 s; the 1 s body limit answers long before. The pace keeps
+    # the client's sends away from the deadline (0.9 s, then 1.35 s): a byte arriving just after the
+    # server closed would make the kernel reset the connection, dropping the 408 before it is read.
+    reply = raw_request(port, head, parts, pause_s=0.45)
     status_line, _, rest = reply.partition(b"\r\n")
     assert status_line.startswith(b"HTTP/1.1 408"), reply[:300]
     assert b'"type":"request_timeout"' in rest
