@@ -115,46 +115,32 @@ def cut_payloads(
 
 
 def cut_batches(items: Sequence[WorkItem], policy: BatchPolicy) -> list[list[WorkItem]]:
-    """Group by `group` (first-seen order) and cut each within the size and token bounds: by padded tokens
-    after sorting by length, or, for a group whose backend packs its inputs, by real tokens in arrival
-    order."""
+    """Group by `group` (first-seen order) and cut each within the size and token bounds (cut_group)."""
     groups: dict[Hashable, list[WorkItem]] = {}
     for item in items:
         groups.setdefault(item.group, []).append(item)
-    batches: list[list[WorkItem]] = []
-    for members in groups.values():
-        batches += cut_packed(members, policy) if members[0].packed else cut_padded(members, policy)
-    return batches
+    return [batch for members in groups.values() for batch in cut_group(members, policy)]
 
 
-def cut_padded(members: Sequence[WorkItem], policy: BatchPolicy) -> list[list[WorkItem]]:
-    """Sorted by length, cut where the size or the padded tokens (size x longest) would exceed the bounds:
-    the inputs are padded to the longest, so items of similar length share a batch."""
-    batches: list[list[WorkItem]] = []
-    batch: list[WorkItem] = []
-    for item in sorted(members, key=lambda it: it.length):
-        padded = (len(batch) + 1) * max(item.length, 1)  # sorted: the new item is the longest
-        if batch and (len(batch) >= policy.max_batch_size or padded > policy.max_batch_tokens):
-            batches.append(batch)
-            batch = []
-        batch.append(item)
-    batches.append(batch)
-    return batches
-
-
-def cut_packed(members: Sequence[WorkItem], policy: BatchPolicy) -> list[list[WorkItem]]:
-    """In arrival order, cut where the size or the real tokens (the sum of lengths) would exceed the bounds:
-    packed inputs cost their own tokens whatever their companions, so sorting would buy nothing and would
-    only make short items overtake long ones (every item waits about as long as the others)."""
+def cut_group(members: Sequence[WorkItem], policy: BatchPolicy) -> list[list[WorkItem]]:
+    """Contiguous runs within the size bound and the token budget. Padded inputs cost size x longest, so
+    they are sorted by length first and items of similar length share a batch. Packed inputs (a backend
+    that packs them) cost their real tokens whatever their companions: sorting would buy nothing and would
+    only let short items overtake long ones, so they keep arrival order and every item waits about as
+    long as the others."""
+    packed = members[0].packed
+    ordered = members if packed else sorted(members, key=lambda it: it.length)
     batches: list[list[WorkItem]] = []
     batch: list[WorkItem] = []
-    tokens = 0
-    for item in members:
-        if batch and (len(batch) >= policy.max_batch_size or tokens + item.length > policy.max_batch_tokens):
+    tokens = longest = 0
+    for item in ordered:
+        length = max(item.length, 1)
+        cost = tokens + length if packed else (len(batch) + 1) * max(longest, length)
+        if batch and (len(batch) >= policy.max_batch_size or cost > policy.max_batch_tokens):
             batches.append(batch)
-            batch, tokens = [], 0
+            batch, tokens, longest = [], 0, 0
         batch.append(item)
-        tokens += item.length
+        tokens, longest = tokens + length, max(longest, length)
     batches.append(batch)
     return batches
 
