@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from app.admission import Admission
 from app.api import admin, model_info, openai, openrlhf, operations, score, stats
+from app.api.direct_routes import DirectRoutes
 from app.api.error_handlers import install_error_handlers
 from app.api.middleware import (
     BodySizeLimitMiddleware,
@@ -167,7 +168,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for router in routers:
         app.include_router(router)
-    app.add_middleware(UnexpectedErrorMiddleware)  # innermost: an unexpected error ends as a 500 here
+    app.add_middleware(DirectRoutes, routes=score.router.routes)  # innermost: every middleware applies
+    app.add_middleware(UnexpectedErrorMiddleware)  # an unexpected error ends as a 500 here
     app.add_middleware(CanonicalPathMiddleware)  # before routing sees the decoded path
     app.add_middleware(
         BodySizeLimitMiddleware,

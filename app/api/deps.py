@@ -16,6 +16,10 @@ from app.service import ScoringService
 # Dependencies are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop
 # per request that costs more than the lookup itself.
 async def get_service(request: Request) -> ScoringService:
+    return service_of(request)
+
+
+def service_of(request: Request) -> ScoringService:  # called directly by the directly served routes
     return request.app.state.service
 
 

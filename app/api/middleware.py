@@ -12,7 +12,8 @@ From the outside in (as create_app installs them):
     one) is put in `request_id_var`, which `RequestIdFilter` (app/logs.py) writes on every log record;
 - `BodySizeLimitMiddleware` refuses bodies over the limit (413);
 - `CanonicalPathMiddleware` refuses disguised paths (400);
-- `UnexpectedErrorMiddleware` answers an unexpected exception with the JSON 500.
+- `UnexpectedErrorMiddleware` answers an unexpected exception with the JSON 500;
+- innermost, `DirectRoutes` (app/api/direct_routes.py) serves the scoring routes' POSTs itself.
 """
 
 from __future__ import annotations
@@ -180,6 +181,15 @@ class BodyTimeout(HTTPException):
         self.details = [{"loc": ["body"], "msg": "body too slow", "limit": limit_s}]
 
 
+async def within(receive: Receive, seconds: float) -> Message:
+    """`receive()`, or asyncio.TimeoutError after `seconds`. asyncio.timeout (Python >= 3.11) runs it in
+    the caller's task; wait_for would start a task for every message (tens of µs of CPU per request)."""
+    if not hasattr(asyncio, "timeout"):
+        return await asyncio.wait_for(receive(), seconds)
+    async with asyncio.timeout(seconds):
+        return await receive()
+
+
 def with_body_deadline(receive: Receive, deadline: float, limit_s: float) -> Receive:
     """`receive` that raises BodyTimeout when the body is not complete by `deadline` (monotonic)."""
     body_done = False
@@ -189,7 +199,7 @@ def with_body_deadline(receive: Receive, deadline: float, limit_s: float) -> Rec
         if body_done:  # later calls only wait for a disconnect: no limit
             return await receive()
         try:
-            message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            message = await within(receive, max(deadline - time.monotonic(), 0.0))
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             raise BodyTimeout(limit_s) from None
         body_done = message["type"] != "http.request" or not message.get("more_body", False)

@@ -1,0 +1,145 @@
+"""The scoring routes served directly (app/api/direct_routes.py) answer exactly as FastAPI answers the same
+routes: every status, header and JSON body of a corpus of good, bad and hostile requests is compared
+between the app and the same app without DirectRoutes, both running the tiny model in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import APIRouter, FastAPI, Request
+
+from app.api.direct_routes import DirectRoute, DirectRoutes
+from app.config import Settings
+from app.main import create_app
+
+PAIR = {"prompt": "How do I boil an egg?", "response": "Put it in boiling water for eight minutes."}
+OTHER = {"prompt": "What is rain?", "response": "Water falling from clouds."}
+JSON = {"content-type": "application/json"}
+CHAT = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+
+
+def body(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+# (path, raw body, headers): each is sent to both apps in this order (running stats change alike)
+CORPUS: list[tuple[str, bytes, dict[str, str]]] = [
+    ("/score", body(PAIR), JSON),
+    ("/score", body({**PAIR, "alpha": 0.2, "beta": 0.8, "clip": 0.5}), JSON),
+    ("/score", body({**PAIR, "normalize": "running", "namespace": "run-1"}), JSON),
+    ("/score", body({**PAIR, "normalize": "running", "namespace": "run-1"}), JSON),
+    ("/score", body({"messages": CHAT}), JSON),
+    ("/score_batch", body({"items": [PAIR, OTHER], "normalize": "batch"}), JSON),
+    ("/score_batch", body({"items": [PAIR, {"messages": CHAT}]}), JSON),
+    ("/score", body(PAIR), {"content-type": "application/vnd.reward+json; charset=utf-8"}),
+    # bodies FastAPI refuses before the model: JSON, missing parts, wrong types, limits
+    ("/score", b'{"prompt": "a", ', JSON),
+    ("/score", b'{"prompt": "a", "response": "b"} trailing', JSON),
+    ("/score", b"", JSON),
+    ("/score", b"null", JSON),
+    ("/score", b"[]", JSON),
+    ("/score", b'"text"', JSON),
+    ("/score", body(PAIR), {}),  # no content type: FastAPI does not read it as JSON
+    ("/score", body({"prompt": "a"}), JSON),
+    ("/score", body({**PAIR, "normalise": "batch"}), JSON),
+    ("/score", body({"prompt": 5, "response": "b"}), JSON),
+    ("/score", body({"prompt": "", "response": "b"}), JSON),
+    ("/score", body({**PAIR, "alpha": 1.5}), JSON),
+    ("/score", body({**PAIR, "alpha": 0, "beta": 0}), JSON),
+    ("/score", body({**PAIR, "normalize": "sometimes"}), JSON),
+    ("/score", body({**PAIR, "namespace": "no spaces"}), JSON),
+    ("/score", body({**PAIR, "clip": 0}), JSON),
+    ("/score", b'{"prompt": "a", "response": "b", "alpha": NaN}', JSON),
+    ("/score", body({**PAIR, "messages": [{"role": "user", "content": "x"}]}), JSON),
+    ("/score", b'{"prompt": "a", "response": "\\ud800"}', JSON),  # unpaired surrogate: refused at encoding
+    ("/score", b"[" * 100_000 + b"]" * 100_000, JSON),  # deeper than the parser goes: 400
+    ("/score", b'{"prompt": "\xff\xfe\xfd", "response": "b"}', JSON),  # not UTF-8
+    ("/score", body({"prompt": "a" * 300, "response": "b"}), JSON),  # over max_text_chars
+    ("/score_batch", body({"items": []}), JSON),
+    ("/score_batch", body({"items": [PAIR] * 5}), JSON),  # over max_items
+    ("/score_batch", body({"items": [PAIR, 3, {"prompt": "a"}]}), JSON),
+    ("/score_batch", body({"items": "all"}), JSON),
+    # not a POST to the exact path: FastAPI's in both
+    ("/score/", body(PAIR), JSON),
+]
+
+
+@contextlib.asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        for _ in range(600):
+            if app.state.registry.current is not None:
+                break
+            await asyncio.sleep(0.05)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            yield client
+
+
+def settings_of(store: Path) -> Settings:
+    return Settings(
+        model_store=store, dtype="float32", torch_threads=1, reload_interval=0, stats_path=None,
+        max_items=4, max_text_chars=200,
+    )  # fmt: skip
+
+
+def without_direct_routes(app: FastAPI) -> FastAPI:
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not DirectRoutes]
+    return app
+
+
+def answer(response: httpx.Response) -> tuple[int, dict[str, str], object]:
+    headers = {k: v for k, v in response.headers.items() if k != "content-length"}
+    try:
+        content: object = response.json()
+    except ValueError:
+        content = response.content
+    return response.status_code, headers, content
+
+
+async def answers(app: FastAPI) -> list[tuple[int, dict[str, str], object]]:
+    async with running(app) as client:
+        results = []
+        for i, (path, raw, headers) in enumerate(CORPUS):
+            sent = {**headers, "x-request-id": f"req-{i}"}
+            results.append(answer(await client.post(path, content=raw, headers=sent)))
+        results.append(answer(await client.get("/score", headers={"x-request-id": "get"})))
+        return results
+
+
+def test_direct_routes_answer_every_request_as_fastapi_does(tiny_model_store: Path) -> None:
+    direct = asyncio.run(answers(create_app(settings_of(tiny_model_store))))
+    standard = asyncio.run(answers(without_direct_routes(create_app(settings_of(tiny_model_store)))))
+    statuses = [status for status, _, _ in direct]
+    assert statuses.count(200) == 8 and {400, 405, 422, 307} <= set(statuses)  # the corpus covers them
+    for case, (got, expected) in enumerate(zip(direct, standard, strict=True)):
+        assert got == expected, (case, CORPUS[case][:2] if case < len(CORPUS) else "GET /score")
+
+
+def test_metrics_label_directly_served_requests_by_their_route(tiny_model_store: Path) -> None:
+    async def scrape() -> str:
+        async with running(create_app(settings_of(tiny_model_store))) as client:
+            await client.post("/score", json=PAIR)
+            await client.post("/score_batch", json={"items": [PAIR]})
+            return (await client.get("/metrics")).text
+
+    text = asyncio.run(scrape())
+    assert 'reward_requests_total{endpoint="/score",status="200"} 1.0' in text
+    assert 'reward_requests_total{endpoint="/score_batch",status="200"} 1.0' in text
+
+
+def test_a_route_with_dependencies_or_parameters_cannot_be_served_directly() -> None:
+    router = APIRouter()
+
+    @router.post("/with-query", response_model=dict)
+    async def with_query(request: Request, namespace: str = "default") -> dict:
+        return {}
+
+    with pytest.raises(ValueError, match="cannot be served directly"):
+        DirectRoute(router.routes[0])
