@@ -89,3 +89,38 @@ def test_drive_reports_the_median_latency_of_each_quarter_of_the_pairs_by_length
     assert len(quarters) == 4 and all(0 < q < 60_000 for q in quarters)
     batch = bench.asyncio.run(bench.drive(server_url, "score_batch", 1, 0.3, pairs, batch_items=4))
     assert batch["requests"] > 0 and batch["p50_ms_by_length_quarter"] is None  # items of mixed lengths
+
+
+def test_the_ceiling_bracketing_the_served_runs_is_the_mean_of_both_measurements(bench) -> None:
+    def ceiling(scale: float) -> dict:
+        return {
+            "best_items_per_s": 100.0 * scale, "best_batch_size": 16, "mean_tokens": 80.0,
+            "items_per_s_by_batch_size": {1: 40.0 * scale, 16: 100.0 * scale},
+            "items_per_s_by_pool": {64: 90.0 * scale}, "items_per_s_largest_pool_with_python_load": None,
+        }  # fmt: skip
+
+    both = bench.bracketed(ceiling(1.0), ceiling(2.0))
+    assert both["best_items_per_s"] == pytest.approx(150.0) and both["best_batch_size"] == 16
+    assert both["items_per_s_by_batch_size"] == {1: pytest.approx(60.0), 16: pytest.approx(150.0)}
+    assert both["items_per_s_by_pool"] == {64: pytest.approx(135.0)}
+    assert both["best_items_per_s_before_and_after"] == [100.0, 200.0] and both["mean_tokens"] == 80.0
+    slower_at_16 = {**ceiling(1.0), "items_per_s_by_batch_size": {1: 120.0, 16: 100.0}}
+    assert bench.bracketed(slower_at_16, slower_at_16)["best_batch_size"] == 1  # the best of the means
+
+
+def test_a_benchmark_run_measures_the_ceiling_before_and_after_the_server(
+    bench, tiny_model_store, tmp_path, capsys
+) -> None:
+    out = tmp_path / "report.json"
+    bench.main([
+        "--model-store", str(tiny_model_store), "--servers", "batched", "--endpoints", "score",
+        "--concurrency", "2", "--duration", "0.5", "--pairs", "6", "--threads", "1", "--dtype", "float32",
+        "--path", "torch", "--ceiling-batch-sizes", "1", "2", "--ceiling-pools", "4", "--json", str(out),
+    ])  # fmt: skip
+    report = json.loads(out.read_text())
+    before, after = report["ceiling"]["best_items_per_s_before_and_after"]
+    assert before > 0 and after > 0
+    by_size = report["ceiling"]["items_per_s_by_batch_size"]
+    assert report["ceiling"]["best_items_per_s"] == pytest.approx(max(by_size.values()))
+    assert report["results"][0]["items_per_s"] > 0 and report["results"][0]["errors"] == 0
+    assert "measured before the servers ran" in capsys.readouterr().out

@@ -30,17 +30,27 @@ def repetition(scale: float) -> dict:
 
 
 def test_medians_and_ratios(targets) -> None:
-    m = targets.medians([repetition(1.0), repetition(2.0), repetition(1.1)])  # medians: the 1.1 run
+    reports = [repetition(1.0), repetition(2.0), repetition(1.1)]
+    m = targets.medians(reports)  # medians: the 1.1 run
     assert m["batched 64"]["items_per_s"] == pytest.approx(99.0)
     assert m["ceiling best"] == pytest.approx(110.0)
-    ratios = {name: value for name, value, _ in targets.verdicts(m)}
-    assert ratios["served / naive float32 (64 clients)"] == pytest.approx(99.0 / 33.0)
-    assert ratios["served / naive fastest (64 clients)"] == pytest.approx(99.0 / 60.0)
-    assert ratios["served p99 / naive fastest p99"] == pytest.approx(900 / 2000)
-    assert ratios["served / in-process ceiling"] == pytest.approx(0.9)
-    assert ratios["one client: served p50 / in-process single item"] == pytest.approx(24 / 20)
-    table = targets.markdown(m, "Some CPU", 3)
+    ratios = {name: (value, each) for name, value, _, each in targets.target_ratios(reports)}
+    # every ratio is taken within one repetition, then the median over repetitions
+    assert ratios["served / naive float32 (64 clients)"][0] == pytest.approx(3.0)
+    assert ratios["served / naive fastest (64 clients)"][1] == pytest.approx([1.5, 3.0, 1.65])
+    assert ratios["served / naive fastest (64 clients)"][0] == pytest.approx(1.65)
+    assert ratios["served p99 / naive fastest p99"][0] == pytest.approx(900 / 2000)
+    assert ratios["served / in-process ceiling"][0] == pytest.approx(0.9)
+    assert ratios["one client: served p50 / in-process single item"][0] == pytest.approx(24 / 20)
+    table = targets.markdown(m, targets.target_ratios(reports), "Some CPU", 3)
     assert (
         "Some CPU; medians of 3 repetitions." in table
-        and "| served / in-process ceiling | 0.90 | >= 0.9 |" in table
+        and "| served / in-process ceiling | 0.90 | 0.90 / 0.90 / 0.90 | >= 0.9 |" in table
     )
+
+
+def test_a_ratio_pairs_figures_of_one_repetition_not_medians_of_different_ones(targets) -> None:
+    fast, slow = repetition(2.0), repetition(1.0)
+    slow["batched"]["ceiling"] = {**slow["batched"]["ceiling"], "best_items_per_s": 95.0}
+    ratios = {name: value for name, value, _, _ in targets.target_ratios([fast, slow, slow])}
+    assert ratios["served / in-process ceiling"] == pytest.approx(90 / 95)  # not 90 / 100 nor 180 / 95
