@@ -38,8 +38,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.api.cancellation import CLIENT_CLOSED
 from app.api.middleware import HttpMiddleware, is_json
 
-JSON_HEADERS = [(b"content-type", b"application/json")]
-
 
 class ClientDisconnected(Exception):
     """The client went away while sending its body."""
