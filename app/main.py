@@ -168,7 +168,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for router in routers:
         app.include_router(router)
-    app.add_middleware(DirectRoutes, routes=score.router.routes)  # innermost: every middleware applies
+    # innermost, so that every middleware applies; score.router is included above with no prefix
+    app.add_middleware(DirectRoutes, routes=score.router.routes)
     app.add_middleware(UnexpectedErrorMiddleware)  # an unexpected error ends as a 500 here
     app.add_middleware(CanonicalPathMiddleware)  # before routing sees the decoded path
     app.add_middleware(

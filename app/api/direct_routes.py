@@ -15,10 +15,14 @@ to it with only what they need:
 - turn an exception into the response of the app's handler for it, as FastAPI's exception middleware
   does; an exception without one goes on to the unexpected-error middleware outside.
 
+One answer differs, on purpose: a client that disconnects while sending its body is counted as 499,
+like one that disconnects while its rewards are computed (FastAPI answers it 400, which nobody reads).
+
 The routes stay declared on their FastAPI router: the OpenAPI document, other methods (405), trailing-slash
 redirects and anything else not a POST to the exact path are FastAPI's as before. A route served here may
-take only a JSON body and the request: dependencies and parameters are FastAPI's to resolve, so a route
-with any is refused when the app is built.
+take only a JSON body and the request, and its router must be included without a prefix or dependencies:
+dependencies, parameters and response options are FastAPI's to apply, so a route with any is refused
+when the app is built.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from fastapi.datastructures import DefaultPlaceholder
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
@@ -48,12 +53,11 @@ class DirectRoute:
 
     def __init__(self, route: APIRoute):
         dependant = route.dependant
-        params = (dependant.query_params, dependant.path_params, dependant.header_params,
-                  dependant.cookie_params, dependant.dependencies)  # fmt: skip
-        if len(dependant.body_params) != 1 or any(params) or route.response_model is None:
+        if len(dependant.body_params) != 1 or route.response_model is None or any(unserved(route)):
             raise ValueError(
                 f"route {route.path} cannot be served directly: it must take one JSON body (and the "
-                "request), no dependencies or parameters, and declare its response model"
+                "request), no dependencies or other parameters, and declare its response model with no "
+                "response options"
             )
         body = dependant.body_params[0]
         self.route = route
@@ -100,6 +104,19 @@ class DirectRoute:
         adapter = self.response_adapter
         content = adapter.dump_json(adapter.validate_python(result, from_attributes=True))
         return Response(content, status_code=self.status_code, media_type="application/json")
+
+
+def unserved(route: APIRoute) -> tuple:
+    """What FastAPI would resolve or apply for `route` and a direct route does not: each must be empty."""
+    d = route.dependant
+    return (
+        d.query_params, d.path_params, d.header_params, d.cookie_params, d.dependencies,
+        d.background_tasks_param_name, d.response_param_name, d.http_connection_param_name,
+        d.websocket_param_name, d.security_scopes_param_name, route.response_model_include,
+        route.response_model_exclude, route.response_model_exclude_unset,
+        route.response_model_exclude_defaults, route.response_model_exclude_none,
+        not isinstance(route.response_class, DefaultPlaceholder),
+    )  # fmt: skip
 
 
 async def read_body(receive: Receive) -> bytes:

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, BackgroundTasks, FastAPI, Request
 
 from app.api.direct_routes import DirectRoute, DirectRoutes
 from app.config import Settings
 from app.main import create_app
+from app.schemas import ScoreRequest, ScoreResponse
 
 PAIR = {"prompt": "How do I boil an egg?", "response": "Put it in boiling water for eight minutes."}
 OTHER = {"prompt": "What is rain?", "response": "Water falling from clouds."}
@@ -46,6 +47,8 @@ CORPUS: list[tuple[str, bytes, dict[str, str]]] = [
     ("/score", b"[]", JSON),
     ("/score", b'"text"', JSON),
     ("/score", body(PAIR), {}),  # no content type: FastAPI does not read it as JSON
+    ("/score", body(PAIR), {"content-type": "application/json, application/json"}),  # not a media type
+    ("/score", body(PAIR), {"content-type": "application//json"}),
     ("/score", body({"prompt": "a"}), JSON),
     ("/score", body({**PAIR, "normalise": "batch"}), JSON),
     ("/score", body({"prompt": 5, "response": "b"}), JSON),
@@ -134,12 +137,26 @@ def test_metrics_label_directly_served_requests_by_their_route(tiny_model_store:
     assert 'reward_requests_total{endpoint="/score_batch",status="200"} 1.0' in text
 
 
-def test_a_route_with_dependencies_or_parameters_cannot_be_served_directly() -> None:
+def test_a_route_with_dependencies_parameters_or_response_options_cannot_be_served_directly() -> None:
     router = APIRouter()
 
-    @router.post("/with-query", response_model=dict)
-    async def with_query(request: Request, namespace: str = "default") -> dict:
+    @router.post("/with-query", response_model=ScoreResponse)
+    async def with_query(body: ScoreRequest, request: Request, namespace: str = "default") -> dict:
         return {}
 
-    with pytest.raises(ValueError, match="cannot be served directly"):
-        DirectRoute(router.routes[0])
+    @router.post("/with-tasks", response_model=ScoreResponse)
+    async def with_tasks(body: ScoreRequest, tasks: BackgroundTasks) -> dict:
+        return {}
+
+    @router.post("/without-none", response_model=ScoreResponse, response_model_exclude_none=True)
+    async def without_none(body: ScoreRequest) -> dict:
+        return {}
+
+    @router.post("/plain", response_model=ScoreResponse)
+    async def plain(body: ScoreRequest, request: Request) -> dict:
+        return {}
+
+    for route in router.routes[:3]:
+        with pytest.raises(ValueError, match="cannot be served directly"):
+            DirectRoute(route)
+    assert DirectRoute(router.routes[3]).request_name == "request"

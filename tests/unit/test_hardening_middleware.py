@@ -16,7 +16,8 @@ from app.logs import RequestIdFilter, logging_config, request_id_var
     ("content_type", "expected"),
     [("application/json", True), ("application/json; charset=utf-8", True), ("APPLICATION/JSON", True),
      ("application/problem+json", True), ("text/plain", False), ("application/x-www-form-urlencoded", False),
-     ("multipart/form-data; boundary=x", False), ("text/json", False), ("application/jsonp", False)],
+     ("multipart/form-data; boundary=x", False), ("text/json", False), ("application/jsonp", False),
+     ("application/json, application/json", False), ("application//json", False), ("", False)],
 )  # fmt: skip
 def test_only_json_media_types_count_as_json(content_type: str, expected: bool) -> None:
     assert is_json(content_type) is expected
