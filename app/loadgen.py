@@ -15,15 +15,28 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 
 # the directory holding the `app` package: `python -m app` started there finds it, installed or not
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 IDLE_REUSE_S = 3.0  # reuse a keep-alive connection idle for less than this
+
+
+def run_clients(clients: Coroutine[Any, Any, T]) -> T:
+    """Run the load generator's coroutine on uvloop when it is installed (uvicorn's standard extra brings
+    it): about a third less CPU per request than asyncio's own loop, CPU the measured server shares when
+    both run on one machine."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(clients)
+    return uvloop.run(clients)
 
 
 def free_port() -> int:

@@ -54,6 +54,7 @@ from app.loadgen import (
     encode_request,
     percentile,
     rss_mib,
+    run_clients,
     serving,
 )
 from app.registry import ModelRegistry
@@ -528,7 +529,7 @@ def run_matrix(
         for concurrency in args.concurrency:
             before, started = scrape(url), time.perf_counter()
             loop_before = main_thread_cpu_s(pid) if pid else None
-            figures = asyncio.run(drive(url, endpoint, concurrency, args.duration, pairs, args.batch_items))
+            figures = run_clients(drive(url, endpoint, concurrency, args.duration, pairs, args.batch_items))
             elapsed = time.perf_counter() - started
             result = Result(name, endpoint, concurrency, **figures)
             result.server_rss_mib = rss_mib(pid) if pid else None

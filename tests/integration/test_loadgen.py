@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.loadgen import Connections, app_command, percentile, rss_mib, serving, wait_ready
+from app.loadgen import Connections, app_command, percentile, rss_mib, run_clients, serving, wait_ready
 
 PAIR = {"prompt": "how do i boil an egg", "response": "put it in boiling water for eight minutes"}
 ENV = {"REWARD_TORCH_THREADS": "1", "REWARD_DTYPE": "float32", "REWARD_STATS_PATH": ""}
@@ -46,3 +46,13 @@ def test_percentile_takes_the_nearest_rank_below_and_none_of_nothing() -> None:
     values = [5.0, 1.0, 4.0, 2.0, 3.0]
     assert [percentile(values, q) for q in (0.0, 0.5, 0.99, 1.0)] == [1.0, 3.0, 5.0, 5.0]
     assert percentile([], 0.5) is None
+
+
+def test_clients_run_on_uvloop_when_it_is_installed() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def loop_type() -> type:
+        await asyncio.sleep(0)
+        return type(asyncio.get_running_loop())
+
+    assert run_clients(loop_type()) is uvloop.Loop
