@@ -30,7 +30,7 @@ IDLE_REUSE_S = 3.0  # reuse a keep-alive connection idle for less than this
 
 def run_clients(clients: Coroutine[Any, Any, T]) -> T:
     """Run the load generator's coroutine on uvloop when it is installed (uvicorn's standard extra brings
-    it): about a third less CPU per request than asyncio's own loop, CPU the measured server shares when
+    it): about a fifth less CPU per request than asyncio's own loop, CPU the measured server shares when
     both run on one machine."""
     try:
         import uvloop

@@ -84,6 +84,7 @@ class Result:
     compute_busy: float | None = None  # share of the run the compute thread spent on batches (/metrics)
     mean_batch: float | None = None  # items per micro-batch during the run (/metrics)
     loop_ms_per_request: float | None = None  # CPU of the server's main thread (event loop) per request
+    client_ms_per_request: float | None = None  # CPU of this load generator per request (same machine)
     # /score: p50 latency of the requests in each quarter of the pairs by length (characters), shortest
     # first; even figures mean no length waits longer than another
     p50_ms_by_length_quarter: list[float] | None = None
@@ -161,9 +162,9 @@ async def drive(
         finally:
             connections.close()
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client_loop(w) for w in range(concurrency)))
-    elapsed = time.perf_counter() - started
+    elapsed, client_cpu = time.perf_counter() - started, time.process_time() - cpu_started
     latencies.sort()
     per_request = 1 if endpoint == "score" else batch_items
     quarters = None
@@ -184,6 +185,7 @@ async def drive(
         "p90_ms": milliseconds(percentile(latencies, 0.90)),
         "p99_ms": milliseconds(percentile(latencies, 0.99)),
         "p50_ms_by_length_quarter": quarters,
+        "client_ms_per_request": 1000 * client_cpu / len(latencies) if latencies else None,
     }
 
 
@@ -581,8 +583,8 @@ def markdown(results: list[Result], ceiling: dict | None, facts: dict) -> str:
         f"CPU: {facts['cpu']} ({facts['cpus']} cores), {facts['torch_threads']} torch threads, "
         f"path {facts.get('execution', facts['dtype'])}, inputs {facts['data']}\n",
         "| server | endpoint | clients | req/s | items/s | p50 ms | p90 ms | p99 ms | errors | RSS MiB "
-        "| loop ms/req | busy | batch | of ceiling |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| loop ms/req | client ms/req | busy | batch | of ceiling |",
+        "| --- | --- |" + " ---: |" * 13,
     ]
     for r in results:
         share = f"{r.items_per_s / ceiling['best_items_per_s']:.2f}" if ceiling else "-"
@@ -590,10 +592,11 @@ def markdown(results: list[Result], ceiling: dict | None, facts: dict) -> str:
         busy = f"{r.compute_busy:.2f}" if r.compute_busy is not None else "-"
         batch = f"{r.mean_batch:.1f}" if r.mean_batch is not None else "-"
         loop = f"{r.loop_ms_per_request:.2f}" if r.loop_ms_per_request is not None else "-"
+        client = f"{r.client_ms_per_request:.2f}" if r.client_ms_per_request is not None else "-"
         lines.append(
             f"| {r.server} | /{r.endpoint} | {r.concurrency} | {r.req_per_s:.1f} | {r.items_per_s:.1f} | "
-            f"{r.p50_ms:.0f} | {r.p90_ms:.0f} | {r.p99_ms:.0f} | {r.errors} | {rss} | {loop} | {busy} "
-            f"| {batch} | {share} |"
+            f"{r.p50_ms:.0f} | {r.p90_ms:.0f} | {r.p99_ms:.0f} | {r.errors} | {rss} | {loop} | {client} "
+            f"| {busy} | {batch} | {share} |"
         )
     if ceiling:
         by_size = ", ".join(f"{k}: {v:.1f}" for k, v in ceiling["items_per_s_by_batch_size"].items())

@@ -87,6 +87,7 @@ def test_drive_reports_the_median_latency_of_each_quarter_of_the_pairs_by_length
     assert figures["requests"] > 8 and figures["errors"] == 0  # every pair was sent at least once
     quarters = figures["p50_ms_by_length_quarter"]
     assert len(quarters) == 4 and all(0 < q < 60_000 for q in quarters)
+    assert 0 < figures["client_ms_per_request"] < 1000  # the load generator's own CPU, per request
     batch = bench.asyncio.run(bench.drive(server_url, "score_batch", 1, 0.3, pairs, batch_items=4))
     assert batch["requests"] > 0 and batch["p50_ms_by_length_quarter"] is None  # items of mixed lengths
 
