@@ -168,8 +168,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for router in routers:
         app.include_router(router)
-    # innermost, so that every middleware applies; score.router is included above with no prefix
-    app.add_middleware(DirectRoutes, routes=score.router.routes)
+    # innermost, so that every middleware applies; these routers are included above with no prefix
+    direct = (*score.router.routes, *openrlhf.router.routes, *openai.router.routes)
+    app.add_middleware(DirectRoutes, routes=direct)
     app.add_middleware(UnexpectedErrorMiddleware)  # an unexpected error ends as a 500 here
     app.add_middleware(CanonicalPathMiddleware)  # before routing sees the decoded path
     app.add_middleware(

@@ -1,15 +1,19 @@
 """The scoring routes' POSTs served directly, past FastAPI's routing, dependency and response layers.
 
-A trainer calls /score thousands of times a minute, and each call's HTTP work runs on the event loop, on
-the same cores as the forward passes. FastAPI's per-request machinery (its exception, body-limit and
-telemetry middleware, the router, dependency solving, response validation) costs about 200 µs of CPU
-per request there, more than the route's own work. `DirectRoutes` serves the POSTs of the routes given
-to it with only what they need:
+A trainer calls /score (or /get_reward, /classify...) thousands of times a minute, and each call's HTTP
+work runs on the event loop, on the same cores as the forward passes. FastAPI's per-request machinery
+(its exception, body-limit and telemetry middleware, the router, dependency solving, response
+validation) costs about 200 µs of CPU per request there, more than the route's own work. `DirectRoutes`
+serves the POSTs of the routes given to it with only what they need:
 
 - read the body (through the middleware outside, which bounds its size and time);
-- parse and validate it as FastAPI does: JSON only for a JSON content type, the same errors, with the
-  same locations, for invalid JSON, a missing body and each invalid field;
-- call the route's own endpoint function with the validated body and the request;
+- parse it as FastAPI does: JSON only for a JSON content type, the same errors, with the same locations,
+  for invalid JSON;
+- resolve the route's dependencies that read only query parameters (the trainer routes' scoring
+  options), with FastAPI's own parameter parsing, then validate the body; errors of both are reported
+  together, dependencies' first, as FastAPI reports them;
+- call the route's own endpoint function with the validated body, the dependencies' values and the
+  request;
 - answer with the response model's JSON (validated and dumped as FastAPI does), or the Response the
   endpoint returned;
 - turn an exception into the response of the app's handler for it, as FastAPI's exception middleware
@@ -18,20 +22,23 @@ to it with only what they need:
 One answer differs, on purpose: a client that disconnects while sending its body is counted as 499,
 like one that disconnects while its rewards are computed (FastAPI answers it 400, which nobody reads).
 
-The routes stay declared on their FastAPI router: the OpenAPI document, other methods (405), trailing-slash
+The routes stay declared on their FastAPI routers: the OpenAPI document, other methods (405), trailing-slash
 redirects and anything else not a POST to the exact path are FastAPI's as before. A route served here may
-take only a JSON body and the request, and its router must be included without a prefix or dependencies:
-dependencies, parameters and response options are FastAPI's to apply, so a route with any is refused
-when the app is built.
+take only a JSON body, the request and dependencies on query parameters alone, and its router must be
+included without a prefix or dependencies: anything else is FastAPI's to apply, so a route with it is
+refused when the app is built.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from fastapi.datastructures import DefaultPlaceholder
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import request_params_to_args
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
@@ -42,6 +49,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.cancellation import CLIENT_CLOSED
 from app.api.middleware import HttpMiddleware, is_json
+
+MISSING = object()  # an empty body: FastAPI reports the body as missing
 
 
 class ClientDisconnected(Exception):
@@ -55,14 +64,15 @@ class DirectRoute:
         dependant = route.dependant
         if len(dependant.body_params) != 1 or route.response_model is None or any(unserved(route)):
             raise ValueError(
-                f"route {route.path} cannot be served directly: it must take one JSON body (and the "
-                "request), no dependencies or other parameters, and declare its response model with no "
+                f"route {route.path} cannot be served directly: it must take one JSON body, the request "
+                "and dependencies on query parameters only, and declare its response model with no "
                 "response options"
             )
         body = dependant.body_params[0]
         self.route = route
         self.body_name = body.name
         self.request_name = dependant.request_param_name
+        self.dependencies = dependant.dependencies
         self.body_adapter: TypeAdapter = TypeAdapter(body.field_info.annotation)
         self.response_adapter: TypeAdapter = TypeAdapter(route.response_model)
         self.status_code = route.status_code or 200
@@ -71,10 +81,9 @@ class DirectRoute:
         scope["route"] = self.route  # as the router sets it: the metrics label the route by its template
         request = Request(scope, receive, send)
         try:
-            body = self.validated(await read_body(receive), request.headers.get("content-type"))
-            arguments = {self.body_name: body}
-            if self.request_name:
-                arguments[self.request_name] = request
+            raw = await read_body(receive)
+            value = parse_json(raw) if raw and is_json(request.headers.get("content-type", "")) else raw
+            arguments = await self.arguments(request, value if raw else MISSING)
             result = await self.route.endpoint(**arguments)
             response = result if isinstance(result, Response) else self.json_response(result)
         except ClientDisconnected:
@@ -86,19 +95,28 @@ class DirectRoute:
             response = await handler(request, exc)
         await response(scope, receive, send)
 
-    def validated(self, raw: bytes, content_type: str | None) -> Any:
-        """The body as FastAPI reads it: JSON for a JSON content type, else the bytes themselves (which no
-        model accepts); errors located under "body"."""
-        if not raw:
-            raise RequestValidationError(
-                [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
-            )
-        value = parse_json(raw) if is_json(content_type or "") else raw
-        try:
-            return self.body_adapter.validate_python(value, from_attributes=True)
-        except ValidationError as exc:
-            errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-            raise RequestValidationError(errors, body=value) from None
+    async def arguments(self, request: Request, body: Any) -> dict[str, Any]:
+        """The endpoint's arguments as FastAPI solves them: each dependency from the query string (one
+        whose parameters are invalid is not called), then the body; all their errors in one 422."""
+        arguments: dict[str, Any] = {}
+        errors: list[Any] = []
+        for dependency in self.dependencies:
+            values, invalid = request_params_to_args(dependency.query_params, request.query_params)
+            errors += invalid
+            if not invalid:
+                arguments[dependency.name] = await dependency.call(**values)
+        if body is MISSING:
+            errors.append({"type": "missing", "loc": ("body",), "msg": "Field required", "input": None})
+        else:
+            try:
+                arguments[self.body_name] = self.body_adapter.validate_python(body, from_attributes=True)
+            except ValidationError as exc:
+                errors += [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        if errors:
+            raise RequestValidationError(errors, body=None if body is MISSING else body)
+        if self.request_name:
+            arguments[self.request_name] = request
+        return arguments
 
     def json_response(self, result: Any) -> Response:
         adapter = self.response_adapter
@@ -110,12 +128,24 @@ def unserved(route: APIRoute) -> tuple:
     """What FastAPI would resolve or apply for `route` and a direct route does not: each must be empty."""
     d = route.dependant
     return (
-        d.query_params, d.path_params, d.header_params, d.cookie_params, d.dependencies,
-        d.background_tasks_param_name, d.response_param_name, d.http_connection_param_name,
-        d.websocket_param_name, d.security_scopes_param_name, route.response_model_include,
-        route.response_model_exclude, route.response_model_exclude_unset,
-        route.response_model_exclude_defaults, route.response_model_exclude_none,
-        not isinstance(route.response_class, DefaultPlaceholder),
+        d.query_params, d.path_params, d.header_params, d.cookie_params, d.background_tasks_param_name,
+        d.response_param_name, d.http_connection_param_name, d.websocket_param_name,
+        d.security_scopes_param_name, route.response_model_include, route.response_model_exclude,
+        route.response_model_exclude_unset, route.response_model_exclude_defaults,
+        route.response_model_exclude_none, not isinstance(route.response_class, DefaultPlaceholder),
+        *(not reads_only_query(dependency) for dependency in d.dependencies),
+    )  # fmt: skip
+
+
+def reads_only_query(dependency: Dependant) -> bool:
+    """A coroutine dependency whose parameters are all query parameters, with none of its own."""
+    return (
+        dependency.name is not None
+        and inspect.iscoroutinefunction(dependency.call)
+        and not (dependency.dependencies or dependency.body_params or dependency.path_params
+                 or dependency.header_params or dependency.cookie_params or dependency.request_param_name
+                 or dependency.background_tasks_param_name or dependency.response_param_name
+                 or dependency.security_scopes_param_name or dependency.http_connection_param_name)
     )  # fmt: skip
 
 

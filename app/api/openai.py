@@ -15,7 +15,7 @@ import uuid
 from fastapi import APIRouter, Request
 
 from app.api.cancellation import with_cancellation
-from app.api.deps import Service
+from app.api.deps import Service, service_of
 from app.api.error_handlers import error_docs
 from app.api.trainer_scoring import Options, check_count, pairs_of, score_for_trainer, texts_of
 from app.errors import InvalidInput, NotFound
@@ -48,10 +48,9 @@ def classify_pairs(body: ClassifyRequest, limit: int) -> list[Pair]:
 @router.post("/classify", response_model=ClassifyResponse, summary="vLLM-style classification")
 @router.post("/v1/classify", response_model=ClassifyResponse, summary="vLLM-style classification")
 @with_cancellation
-async def classify(
-    body: ClassifyRequest, request: Request, service: Service, options: Options
-) -> ClassifyResponse:
+async def classify(body: ClassifyRequest, request: Request, options: Options) -> ClassifyResponse:
     """One class per input whose prob is the reward: sigmoid(reward), or the raw reward without activation."""
+    service = service_of(request)
     pairs = classify_pairs(body, service.defaults.max_items)
     result = await score_for_trainer(request, service, pairs, options, body.text_loc)
     activate = next((flag for flag in (body.use_activation, body.activation) if flag is not None), True)
@@ -70,10 +69,9 @@ async def classify(
 
 @router.post("/v1/embeddings", response_model=EmbeddingsResponse, summary="SGLang-style reward")
 @with_cancellation
-async def embeddings(
-    body: EmbeddingsRequest, request: Request, service: Service, options: Options
-) -> EmbeddingsResponse:
+async def embeddings(body: EmbeddingsRequest, request: Request, options: Options) -> EmbeddingsResponse:
     """The reward of each input as a one-value embedding, as an SGLang reward server answers."""
+    service = service_of(request)
     texts = texts_of(body.input, "input")
     check_count(len(texts), service.defaults.max_items, "input")
     pairs = pairs_of(texts, None, "input")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.api.cancellation import with_cancellation
-from app.api.deps import Service, get_settings
+from app.api.deps import get_settings, service_of
 from app.api.error_handlers import error_docs
 from app.api.trainer_scoring import Options, check_count, pairs_of, score_for_trainer
 from app.schemas import GetRewardRequest, GetRewardResponse, ScoreBatchResponse
@@ -17,12 +17,10 @@ router = APIRouter(tags=["trainer compatibility"], responses=error_docs(413, 422
 
 @router.post("/get_reward", response_model=GetRewardResponse, summary="OpenRLHF remote reward")
 @with_cancellation
-async def get_reward(
-    body: GetRewardRequest, request: Request, service: Service, options: Options
-) -> GetRewardResponse:
+async def get_reward(body: GetRewardRequest, request: Request, options: Options) -> GetRewardResponse:
     """Rewards of OpenRLHF queries, one or a whole rollout (up to get_reward_max_items); an empty `query`
     gets empty lists."""
-    settings = get_settings(request)
+    settings, service = get_settings(request), service_of(request)
     max_items = min(settings.get_reward_max_items, settings.queue_size)  # a larger one could never queue
     check_count(len(body.query), max_items, "query")
     if not body.query:

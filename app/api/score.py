@@ -1,5 +1,4 @@
-"""POST /score and /score_batch: thin routes over ScoringService, served directly (app/api/direct_routes.py):
-each takes only its body and the request."""
+"""POST /score and /score_batch: thin routes over ScoringService (served by app/api/direct_routes.py)."""
 
 from __future__ import annotations
 

@@ -23,6 +23,8 @@ PAIR = {"prompt": "How do I boil an egg?", "response": "Put it in boiling water 
 OTHER = {"prompt": "What is rain?", "response": "Water falling from clouds."}
 JSON = {"content-type": "application/json"}
 CHAT = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+HH = "\n\nHuman: How do I boil an egg?\n\nAssistant: Put it in boiling water for eight minutes."
+HH_OTHER = "\n\nHuman: What is rain?\n\nAssistant: Water falling from clouds."
 
 
 def body(value: object) -> bytes:
@@ -68,9 +70,31 @@ CORPUS: list[tuple[str, bytes, dict[str, str]]] = [
     ("/score_batch", body({"items": [PAIR] * 5}), JSON),  # over max_items
     ("/score_batch", body({"items": [PAIR, 3, {"prompt": "a"}]}), JSON),
     ("/score_batch", body({"items": "all"}), JSON),
+    # the trainer routes: scoring options from the query string, errors of query and body together
+    ("/get_reward", body({"query": [HH, HH_OTHER], "prompts": None}), JSON),
+    ("/get_reward?namespace=run-2&normalize=running&clip=0.5", body({"query": [HH]}), JSON),
+    ("/get_reward?alpha=0.5&alpha=0.9&unknown=1", body({"query": [HH]}), JSON),  # the last one counts
+    ("/get_reward", body({"query": []}), JSON),
+    ("/get_reward?alpha=abc&normalize=often", body({"query": [HH]}), JSON),
+    ("/get_reward?alpha=0&beta=0", body({"query": [HH]}), JSON),  # refused by the dependency itself
+    ("/get_reward?alpha=abc", body({"queries": [HH]}), JSON),  # query and body errors in one 422
+    ("/get_reward?alpha=abc", b"{", JSON),  # invalid JSON is reported before the query
+    ("/get_reward?alpha=abc", b"", JSON),
+    ("/get_reward", body({"query": ["no turns in this text"]}), JSON),
+    ("/get_reward", body({"query": [HH] * 5, "prompts": ["a"]}), JSON),
+    ("/classify", body({"input": HH}), JSON),
+    ("/v1/classify?normalize=batch", body({"input": [HH, HH_OTHER], "use_activation": False}), JSON),
+    ("/classify", body({"messages": CHAT}), JSON),
+    ("/classify", body({"input": [[1, 2, 3]]}), JSON),  # token ids
+    ("/classify", body({"input": [HH] * 5}), JSON),  # over max_items
+    ("/v1/embeddings", body({"input": [HH]}), JSON),
+    ("/v1/embeddings?clip=-1", body({"input": HH}), JSON),
     # not a POST to the exact path: FastAPI's in both
     ("/score/", body(PAIR), JSON),
+    ("/get_reward/", body({"query": [HH]}), JSON),
 ]
+# answers that differ by nature from one call to the next: kept as the type of their value
+VARYING = ("id", "created")
 
 
 @contextlib.asynccontextmanager
@@ -103,6 +127,8 @@ def answer(response: httpx.Response) -> tuple[int, dict[str, str], object]:
         content: object = response.json()
     except ValueError:
         content = response.content
+    if isinstance(content, dict):
+        content = {k: type(v).__name__ if k in VARYING else v for k, v in content.items()}
     return response.status_code, headers, content
 
 
@@ -120,7 +146,7 @@ def test_direct_routes_answer_every_request_as_fastapi_does(tiny_model_store: Pa
     direct = asyncio.run(answers(create_app(settings_of(tiny_model_store))))
     standard = asyncio.run(answers(without_direct_routes(create_app(settings_of(tiny_model_store)))))
     statuses = [status for status, _, _ in direct]
-    assert statuses.count(200) == 8 and {400, 405, 422, 307} <= set(statuses)  # the corpus covers them
+    assert statuses.count(200) == 16 and {400, 405, 415, 422, 307} <= set(statuses)  # the corpus covers them
     for case, (got, expected) in enumerate(zip(direct, standard, strict=True)):
         assert got == expected, (case, CORPUS[case][:2] if case < len(CORPUS) else "GET /score")
 
@@ -130,11 +156,12 @@ def test_metrics_label_directly_served_requests_by_their_route(tiny_model_store:
         async with running(create_app(settings_of(tiny_model_store))) as client:
             await client.post("/score", json=PAIR)
             await client.post("/score_batch", json={"items": [PAIR]})
+            await client.post("/v1/classify", json={"input": HH})
             return (await client.get("/metrics")).text
 
     text = asyncio.run(scrape())
-    assert 'reward_requests_total{endpoint="/score",status="200"} 1.0' in text
-    assert 'reward_requests_total{endpoint="/score_batch",status="200"} 1.0' in text
+    for route in ("/score", "/score_batch", "/v1/classify"):
+        assert f'reward_requests_total{{endpoint="{route}",status="200"}} 1.0' in text
 
 
 def test_a_route_with_dependencies_parameters_or_response_options_cannot_be_served_directly() -> None:
