@@ -25,8 +25,9 @@ like one that disconnects while its rewards are computed (FastAPI answers it 400
 The routes stay declared on their FastAPI routers: the OpenAPI document, other methods (405), trailing-slash
 redirects and anything else not a POST to the exact path are FastAPI's as before. A route served here may
 take only a JSON body, the request and dependencies on query parameters alone, and its router must be
-included without a prefix or dependencies: anything else is FastAPI's to apply, so a route with it is
-refused when the app is built.
+included without a prefix, dependencies or a default response class: anything else is FastAPI's to
+apply, so a route with it is refused when the app is built, and a request while the app overrides a
+dependency goes to FastAPI.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class DirectRoute:
 
     def json_response(self, result: Any) -> Response:
         adapter = self.response_adapter
-        content = adapter.dump_json(adapter.validate_python(result, from_attributes=True))
+        content = adapter.dump_json(adapter.validate_python(result, from_attributes=True), by_alias=True)
         return Response(content, status_code=self.status_code, media_type="application/json")
 
 
@@ -132,7 +133,9 @@ def unserved(route: APIRoute) -> tuple:
         d.response_param_name, d.http_connection_param_name, d.websocket_param_name,
         d.security_scopes_param_name, route.response_model_include, route.response_model_exclude,
         route.response_model_exclude_unset, route.response_model_exclude_defaults,
-        route.response_model_exclude_none, not isinstance(route.response_class, DefaultPlaceholder),
+        route.response_model_exclude_none, not route.response_model_by_alias,
+        not isinstance(route.response_class, DefaultPlaceholder),
+        not isinstance(route.strict_content_type, DefaultPlaceholder), route.max_body_size is not None,
         *(not reads_only_query(dependency) for dependency in d.dependencies),
     )  # fmt: skip
 
@@ -198,7 +201,9 @@ class DirectRoutes(HttpMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.routes.get(scope["path"]) if scope["method"] == "POST" else None
-        if route is None or scope.get("root_path"):  # behind a path prefix the router knows the route path
+        # behind a path prefix only the router knows the route's path; overridden dependencies (tests of
+        # an embedding app) are FastAPI's to resolve
+        if route is None or scope.get("root_path") or scope["app"].dependency_overrides:
             await self.app(scope, receive, send)
             return
         await route(scope, receive, send)

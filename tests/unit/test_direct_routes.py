@@ -9,15 +9,17 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import pytest
-from fastapi import APIRouter, BackgroundTasks, FastAPI, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Header, Request
 
 from app.api.direct_routes import DirectRoute, DirectRoutes
+from app.api.trainer_scoring import Options, query_options
 from app.config import Settings
 from app.main import create_app
-from app.schemas import ScoreRequest, ScoreResponse
+from app.schemas import ScoreOptions, ScoreRequest, ScoreResponse
 
 PAIR = {"prompt": "How do I boil an egg?", "response": "Put it in boiling water for eight minutes."}
 OTHER = {"prompt": "What is rain?", "response": "Water falling from clouds."}
@@ -89,6 +91,11 @@ CORPUS: list[tuple[str, bytes, dict[str, str]]] = [
     ("/classify", body({"input": [HH] * 5}), JSON),  # over max_items
     ("/v1/embeddings", body({"input": [HH]}), JSON),
     ("/v1/embeddings?clip=-1", body({"input": HH}), JSON),
+    ("/get_reward?alpha=&clip=inf&normalize=RUNNING", body({"query": [HH]}), JSON),
+    ("/get_reward?namespace=run%2F1&normalize=batch&normalize=none", body({"query": [HH]}), JSON),
+    ("/get_reward?alpha=2", b"null", JSON),
+    ("/classify?alpha=2", body({"input": HH}), {}),  # no content type, and a bad option
+    ("/classify?alpha=2", body({"input": HH, "messages": CHAT}), JSON),  # both forms, and a bad option
     # not a POST to the exact path: FastAPI's in both
     ("/score/", body(PAIR), JSON),
     ("/get_reward/", body({"query": [HH]}), JSON),
@@ -164,26 +171,72 @@ def test_metrics_label_directly_served_requests_by_their_route(tiny_model_store:
         assert f'reward_requests_total{{endpoint="{route}",status="200"}} 1.0' in text
 
 
-def test_a_route_with_dependencies_parameters_or_response_options_cannot_be_served_directly() -> None:
-    router = APIRouter()
+# routes DirectRoute must refuse (FastAPI would resolve or apply something it does not), and two it serves
+ROUTES = APIRouter()
 
-    @router.post("/with-query", response_model=ScoreResponse)
-    async def with_query(body: ScoreRequest, request: Request, namespace: str = "default") -> dict:
-        return {}
 
-    @router.post("/with-tasks", response_model=ScoreResponse)
-    async def with_tasks(body: ScoreRequest, tasks: BackgroundTasks) -> dict:
-        return {}
+@ROUTES.post("/with-query", response_model=ScoreResponse)
+async def with_query(body: ScoreRequest, request: Request, namespace: str = "default") -> dict:
+    return {}
 
-    @router.post("/without-none", response_model=ScoreResponse, response_model_exclude_none=True)
-    async def without_none(body: ScoreRequest) -> dict:
-        return {}
 
-    @router.post("/plain", response_model=ScoreResponse)
-    async def plain(body: ScoreRequest, request: Request) -> dict:
-        return {}
+@ROUTES.post("/with-tasks", response_model=ScoreResponse)
+async def with_tasks(body: ScoreRequest, tasks: BackgroundTasks) -> dict:
+    return {}
 
-    for route in router.routes[:3]:
+
+@ROUTES.post("/without-none", response_model=ScoreResponse, response_model_exclude_none=True)
+async def without_none(body: ScoreRequest) -> dict:
+    return {}
+
+
+def sync_options(alpha: float = 0.5) -> float:
+    return alpha
+
+
+async def header_options(x_alpha: Annotated[float, Header()] = 0.5) -> float:
+    return x_alpha
+
+
+@ROUTES.post("/sync-dependency", response_model=ScoreResponse)
+async def sync_dependency(body: ScoreRequest, alpha: Annotated[float, Depends(sync_options)]) -> dict:
+    return {}
+
+
+@ROUTES.post("/header-dependency", response_model=ScoreResponse)
+async def header_dependency(body: ScoreRequest, alpha: Annotated[float, Depends(header_options)]) -> dict:
+    return {}
+
+
+@ROUTES.post("/plain", response_model=ScoreResponse)
+async def plain(body: ScoreRequest, request: Request) -> dict:
+    return {}
+
+
+@ROUTES.post("/query-dependency", response_model=ScoreResponse)
+async def query_dependency(body: ScoreRequest, options: Options) -> dict:
+    return {}
+
+
+@pytest.mark.parametrize("route", ROUTES.routes, ids=lambda route: route.path)
+def test_only_routes_with_a_body_the_request_and_query_dependencies_are_served_directly(route) -> None:
+    if route.path in ("/plain", "/query-dependency"):
+        assert DirectRoute(route).body_name == "body"
+    else:
         with pytest.raises(ValueError, match="cannot be served directly"):
             DirectRoute(route)
-    assert DirectRoute(router.routes[3]).request_name == "request"
+
+
+def test_requests_go_to_fastapi_while_the_app_overrides_a_dependency(tiny_model_store: Path) -> None:
+    async def fixed_options() -> ScoreOptions:
+        return ScoreOptions(normalize="batch")
+
+    async def reward_of_a_bad_query() -> httpx.Response:
+        app = create_app(settings_of(tiny_model_store))
+        app.dependency_overrides[query_options] = fixed_options
+        async with running(app) as client:
+            return await client.post("/get_reward?alpha=abc", json={"query": [HH, HH_OTHER]})
+
+    response = asyncio.run(reward_of_a_bad_query())
+    assert response.status_code == 200  # the override, which reads no query, answered
+    assert sum(response.json()["rewards"]) == pytest.approx(0.0, abs=1e-6)  # normalized in the batch
