@@ -1,4 +1,4 @@
-"""The scoring routes' POSTs served directly, past FastAPI's routing, dependency and response layers.
+"""Scoring and trainer POSTs served directly, past FastAPI's routing, dependency and response layers.
 
 A trainer calls /score (or /get_reward, /classify...) thousands of times a minute, and each call's HTTP
 work runs on the event loop, on the same cores as the forward passes. FastAPI's per-request machinery

@@ -13,7 +13,7 @@ From the outside in (as create_app installs them):
 - `BodySizeLimitMiddleware` refuses bodies over the limit (413);
 - `CanonicalPathMiddleware` refuses disguised paths (400);
 - `UnexpectedErrorMiddleware` answers an unexpected exception with the JSON 500;
-- innermost, `DirectRoutes` (app/api/direct_routes.py) serves the scoring routes' POSTs itself.
+- innermost, `DirectRoutes` (app/api/direct_routes.py) serves the scoring and trainer routes' POSTs itself.
 """
 
 from __future__ import annotations
