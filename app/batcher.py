@@ -2,7 +2,7 @@
 
 It knows neither HTTP nor torch. Callers submit payloads with their exact length in tokens and a group key
 (items of different groups, e.g. model versions, never share a batch); `run_batch(list[payload]) ->
-list[result]` runs on a single compute thread (app/compute.py: its own, or the service's, shared with
+list[result]` runs on a compute pool's workers (app/compute.py: its own, or the service's, shared with
 model loading) so the event loop keeps accepting requests while the model computes.
 
 When the worker is free and items are pending, it starts at once unless more are on their way (callers
@@ -14,10 +14,11 @@ items of similar length and padding stays small. Packed inputs (a backend that p
 path does) cost their real tokens whatever their companions: they keep arrival order, so short items
 never overtake long ones and every item of a round waits about as long. A large request is split across
 batches and shares them with others.
-While one batch of a round computes, the next is already queued on the worker thread, which so goes
-straight from one batch to the next; the next round is formed when the last batch of this one ends.
+Every worker of the pool runs a batch of a round while one more waits in the pool's queue, so a worker
+goes straight from one batch to the next; the next round is formed when a worker is free again (with one
+worker: when the last batch of this one ends).
 Items whose caller has gone (cancelled future) are dropped before compute. When `run_batch` raises, the
-batch is split in halves and each is run again (on the compute thread, at once), down to single items,
+batch is split in halves and each is run again (on the same worker, at once), down to single items,
 so that only the items at fault fail (with InferenceError) and the worker keeps running; on stop, every
 item not computed fails with NotReady.
 
@@ -38,17 +39,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.admission import FAST_REFUSAL, AdmissionPolicy
-from app.compute import ComputeThread
+from app.compute import ComputePool
 from app.config import Settings, batch_tokens, default_of
 from app.errors import InferenceError, NotReady
 
 log = logging.getLogger(__name__)
 
 ROUND_BATCHES = 4  # batches' worth of pending items sorted together: enough to group lengths, still fair
-# Batches of a round handed to the compute thread at once: the next waits in the thread's queue behind
-# the running one, so the thread goes straight from one forward pass to the next instead of idling until
-# the event loop (busy with HTTP) picks up the result and hands it more work.
-PIPELINE_DEPTH = 2
 
 
 @dataclass(frozen=True)
@@ -151,7 +148,7 @@ class MicroBatcher:
         run_batch: Callable[[list[Any]], list[Any]],
         policy: BatchPolicy,
         on_batch: Callable[[BatchReport], None] | None = None,
-        compute: ComputeThread | None = None,
+        compute: ComputePool | None = None,
     ):
         self.run_batch = run_batch
         self.policy = policy
@@ -164,7 +161,7 @@ class MicroBatcher:
         self._arrived = asyncio.Event()
         # batches run one at a time on a single thread: given (shared with model loading) or our own
         self._owns_compute = compute is None
-        self._compute = compute or ComputeThread("forward")
+        self._compute = compute or ComputePool(name="forward")
         self._worker: asyncio.Task | None = None
 
     @property
@@ -285,30 +282,28 @@ class MicroBatcher:
         self._queued_tokens = sum(item.length for item in self._pending)
 
     async def _work(self) -> None:
-        while True:
-            await self._wait_for_batch()
-            round_items = self._take_round()
-            self._in_round_tokens = sum(item.length for item in round_items)
-            await self._run_round(cut_batches(round_items, self.policy))
-
-    async def _run_round(self, batches: list[list[WorkItem]]) -> None:
-        """Run a round's batches in order, up to PIPELINE_DEPTH of them with the compute thread at once.
-        The round ends when its last batch does: the next round is formed from what is pending then."""
-        running: set[asyncio.Task] = set()
-        handed_over: list[list[WorkItem]] = []
-        not_yet = list(batches)
+        """Form rounds and hand their batches to the compute pool, up to `workers + 1` at once (the one
+        beyond the workers waits in the pool's queue, so a worker goes straight from one batch to the next
+        instead of idling until the event loop hands it more). A round ends when its last batch is handed
+        over and a worker is free (with one worker: when its last batch ends); the next is formed from
+        what is pending then."""
+        running: dict[asyncio.Task, list[WorkItem]] = {}  # batches handed over, by their task
+        not_yet: list[list[WorkItem]] = []
+        workers = self._compute.workers
         try:
-            while not_yet:
-                while len(running) >= PIPELINE_DEPTH:
-                    running = await self._first_done(running)
-                batch = not_yet.pop(0)
-                live = [item for item in batch if not item.future.done()]  # callers gone: dropped
-                self._in_round_tokens -= sum(item.length for item in batch) - sum(it.length for it in live)
-                if live:
-                    handed_over.append(live)
-                    running.add(asyncio.create_task(self._run(live)))
-            while running:
-                running = await self._first_done(running)
+            while True:
+                await self._wait_for_batch()
+                round_items = self._take_round()
+                self._in_round_tokens += sum(item.length for item in round_items)
+                not_yet = cut_batches(round_items, self.policy)
+                while not_yet:
+                    await self._until_fewer(running, workers + 1)
+                    batch = not_yet.pop(0)
+                    live = [item for item in batch if not item.future.done()]  # callers gone: dropped
+                    self._in_round_tokens -= sum(it.length for it in batch) - sum(it.length for it in live)
+                    if live:
+                        running[asyncio.create_task(self._run(live))] = live
+                await self._until_fewer(running, workers)
         finally:
             # Stopping (or a bug): nobody may wait forever. Items of batches never handed over fail now,
             # before any await, so that a second cancellation cannot skip it; so do those of batches
@@ -319,7 +314,7 @@ class MicroBatcher:
             try:
                 await asyncio.gather(*running, return_exceptions=True)
             finally:
-                self._fail_stranded(handed_over)
+                self._fail_stranded(running.values())
                 self._in_round_tokens = 0
 
     def _fail_stranded(self, batches: Iterable[list[WorkItem]]) -> None:
@@ -328,13 +323,17 @@ class MicroBatcher:
             self._resolve(batch, [stopping] * len(batch))
 
     @staticmethod
-    async def _first_done(running: set[asyncio.Task]) -> set[asyncio.Task]:
-        """Wait for one of `running` to finish -> those still running. Bookkeeping errors are logged."""
-        done, pending = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("batch bookkeeping failed", exc_info=task.exception())
-        return pending
+    async def _until_fewer(running: dict[asyncio.Task, list[WorkItem]], limit: int) -> None:
+        """Wait until fewer than `limit` of `running` are running (forgetting those done). Bookkeeping
+        errors are logged."""
+        while True:
+            for task in [task for task in running if task.done()]:
+                del running[task]
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("batch bookkeeping failed", exc_info=task.exception())
+            if len(running) < limit:
+                return
+            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
 
     async def _wait_for_batch(self) -> None:
         """Return once items are pending and no more are on their way, a full batch is there, or the
@@ -360,34 +359,36 @@ class MicroBatcher:
         return taken
 
     async def _run(self, batch: list[WorkItem]) -> None:
-        # started/finished: when the compute thread took and finished the batch, so that waiting for the
+        # started/finished: when a worker took and finished the batch, so that waiting for a worker
         # thread (behind a model load) counts as queueing and the event loop's delay in picking up the
-        # result counts as neither. Cancelled (on stop): _run_round fails the batch's items.
+        # result counts as neither. Cancelled (on stop): _work fails the batch's items.
         started = time.monotonic()
         payloads = [item.payload for item in batch]
         try:
-            results, started, finished = await self._compute.run(self._call, payloads)
+            results, started, finished, alongside = await self._compute.run_batch(self._call, payloads)
         except Exception as exc:  # a broken run_batch (wrong result count) fails this batch only
             log.exception("batch of %d items failed", len(batch))
             results = [InferenceError(f"inference failed for this batch: {exc}")] * len(batch)
-            finished = time.monotonic()
+            finished, alongside = time.monotonic(), 1
         tokens = sum(item.length for item in batch)
         self._in_round_tokens -= tokens
         self._resolve(batch, results)
         failed_items = sum(isinstance(result, Exception) for result in results)
         if not failed_items:  # a batch split to isolate a failure is no measure of throughput
-            self._measure_throughput(tokens, finished - started)
+            self._measure_throughput(tokens * alongside, finished - started)
         self._report(batch, started, finished, failed_items)
 
     def _measure_throughput(self, tokens: int, seconds: float) -> None:
+        """`tokens` computed in `seconds` (a batch's, times the batches that ran alongside it)."""
         rate = tokens / max(seconds, 1e-6)
         self.tokens_per_s = rate if self.tokens_per_s is None else 0.8 * self.tokens_per_s + 0.2 * rate
 
-    def _call(self, payloads: list[Any]) -> tuple[list[Any], float, float]:
-        """run_batch on the compute thread -> (results, when it started there, when it finished)."""
-        started = time.monotonic()
+    def _call(self, payloads: list[Any]) -> tuple[list[Any], float, float, int]:
+        """run_batch on a worker -> (results, when it started there, when it finished, how many batches
+        ran at once: the pool computes that many times the batch's tokens in its time)."""
+        started, alongside = time.monotonic(), self._compute.busy_workers
         results = self._run_isolating(payloads)
-        return results, started, time.monotonic()
+        return results, started, time.monotonic(), max(alongside, self._compute.busy_workers, 1)
 
     def _run_isolating(self, payloads: list[Any]) -> list[Any]:
         """run_batch; when it raises, each half is run again, down to single items, so that only the

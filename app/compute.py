@@ -1,29 +1,145 @@
-"""The compute thread: one thread that runs every torch call of the service, one call after the other.
+"""The compute pool: the threads that run every torch call of the service.
 
-Loads, warm-ups and the batcher's forward passes all run on it. OpenMP keeps a thread team per calling
-thread, and a second team on a small machine makes both spin-throttled (forward throughput 233 -> 157
-items/s on 2 cores). Whoever builds the service owns it, hands it to the registry and the batcher, and
-closes it last.
+- **Calls** (`run`): model loads, warm-ups, anything that must have the machine to itself. A call waits
+  until no batch runs, runs on the first worker with all the threads, and no batch starts until it ends.
+- **Batches** (`run_batch`): the batcher's forward passes. The first worker takes the next batch when it
+  is free, another worker when it is not. A batch that runs alone (no other batch running or waiting)
+  runs on the first worker with all the threads, so a lone client gets the whole machine; batches that
+  run together get `threads // workers` each.
+
+Why more than one worker on a CPU: a forward pass on two OpenMP threads waits for both at every barrier,
+so each time the scheduler preempts one of them for the HTTP side's work (event loop, tokenizer threads,
+clients on the same host), the other spins idle until it is back, and every millisecond of HTTP work
+costs the forward pass about two. Two batches on one thread each have no barrier to wait at: served
+`/score` at 64 clients went from 143-167 to 219-236 items/s on 2 vCPUs (docs/benchmarks.md).
+
+Only the first worker ever uses more than its share of threads, so at most one OpenMP team exists: with
+a team per calling thread on a small machine, libgomp throttles their spin-waiting and forwards ran 1.9x
+slower. Whoever builds the service owns the pool, hands it to the registry and the batcher, and closes
+it last.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-class ComputeThread:
-    def __init__(self, name: str = "torch"):
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+@dataclass
+class _Job:
+    fn: Callable[..., Any]
+    args: tuple
+    exclusive: bool  # a call (run): alone on the first worker, with all the threads
+    future: Future = field(default_factory=Future)
+
+
+class ComputePool:
+    def __init__(
+        self,
+        workers: int = 1,
+        threads: int = 1,
+        set_threads: Callable[[int], None] | None = None,
+        name: str = "torch",
+    ):
+        """`workers` threads; `set_threads(n)` sets the calling thread's intra-op threads (torch's), called
+        on a worker before a job that needs another count than its last one; `threads` in all."""
+        if workers < 1 or threads < 1:
+            raise ValueError(f"workers and threads must be >= 1, not {workers} and {threads}")
+        self.workers = workers
+        self.threads = threads
+        self.threads_per_worker = max(1, threads // workers)
+        self._set_threads = set_threads
+        self._jobs: deque[_Job] = deque()
+        self._busy = [False] * workers
+        self._exclusive_running = False
+        self._closing = False
+        self._cond = threading.Condition()
+        self._threads = [
+            threading.Thread(target=self._serve, args=(index,), name=f"{name}_{index}", daemon=True)
+            for index in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """Await `fn(*args)` on the compute thread (after the calls queued there before it)."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        """Await `fn(*args)` alone on the first worker with all the threads, after the jobs queued before
+        it; no batch runs meanwhile."""
+        return await asyncio.wrap_future(self.submit(fn, *args, exclusive=True))
+
+    async def run_batch(self, fn: Callable[..., T], *args: object) -> T:
+        """Await `fn(*args)` on the next free worker, alongside other batches."""
+        return await asyncio.wrap_future(self.submit(fn, *args, exclusive=False))
+
+    @property
+    def busy_workers(self) -> int:
+        """Workers running a job now."""
+        return sum(self._busy)
+
+    def submit(self, fn: Callable[..., T], *args: object, exclusive: bool = True) -> Future:
+        """Queue `fn(*args)` (a call when `exclusive`, else a batch) -> its concurrent future."""
+        job = _Job(fn, args, exclusive)
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the compute pool is closed")
+            self._jobs.append(job)
+            self._cond.notify_all()
+        return job.future
 
     def close(self) -> None:
-        """Wait for the call running there (a model load, a batch), then end the thread."""
-        self.executor.shutdown(wait=True)
+        """Run what is queued, then end the workers (waits for the job running on each)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
+
+    def _may_take(self, index: int) -> bool:
+        """Whether worker `index` may take the job at the head of the queue now (lock held)."""
+        if not self._jobs or self._exclusive_running:
+            return False
+        if self._jobs[0].exclusive:  # a call waits for every batch to end, on the first worker
+            return index == 0 and not any(self._busy)
+        return index == 0 or self._busy[0]  # the first worker takes batches first
+
+    def _serve(self, index: int) -> None:
+        current_threads = None
+        while True:
+            with self._cond:
+                while not self._may_take(index):
+                    if self._closing and not self._jobs:
+                        return
+                    self._cond.wait()
+                job = self._jobs.popleft()
+                self._busy[index] = True
+                self._exclusive_running = job.exclusive
+                if self._jobs:  # the next job may now go to another worker: let them look
+                    self._cond.notify_all()
+                alone = job.exclusive or (
+                    not self._jobs and not any(busy for i, busy in enumerate(self._busy) if i != index)
+                )
+            wanted = self.threads if index == 0 and alone else self.threads_per_worker
+            try:
+                if job.future.set_running_or_notify_cancel():  # False: its caller cancelled it
+                    try:
+                        if wanted != current_threads and self._set_threads is not None:
+                            self._set_threads(wanted)
+                            current_threads = wanted
+                        result = job.fn(*job.args)
+                    except BaseException as exc:  # the caller gets it; the worker goes on
+                        job.future.set_exception(exc)
+                    else:
+                        job.future.set_result(result)
+            finally:
+                with self._cond:
+                    self._busy[index] = False
+                    if job.exclusive:
+                        self._exclusive_running = False
+                    self._cond.notify_all()

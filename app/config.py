@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     # before anything is allocated, as are ones needing more than the memory available
     max_model_bytes: int = Field(8 * 1024**3, ge=1)
     torch_threads: int = Field(default_factory=cpu_budget, ge=1)  # intra-op threads; default: cpu_budget()
+    # threads running forward passes side by side (app/compute.py), each with torch_threads // workers
+    # when they do (a lone batch gets them all); 0 = auto: 2 on cpu with 2+ torch threads, else 1
+    compute_workers: int = Field(0, ge=0, le=64)
     # how often (ms) a Python thread holding the GIL hands it over (Python's default: 5): the compute
     # thread needs the GIL between the operations of a forward pass, the event loop holds it for HTTP
     gil_switch_ms: float = Field(0.2, ge=0.05, le=100.0)
@@ -150,6 +153,12 @@ class Settings(BaseSettings):
     max_words: int = Field(400, ge=1)  # longer responses lose length_penalty / 2
     length_penalty: float = Field(0.5, ge=0.0)  # reward lost by too short responses
     repetition_penalty: float = Field(2.0, ge=0.0)  # times (0.5 - unique-word ratio) below 0.5
+
+    def compute_workers_for(self, device_type: str) -> int:
+        """Forward passes run side by side on this device type (compute_workers, or its auto value)."""
+        if self.compute_workers:
+            return self.compute_workers
+        return 2 if device_type == "cpu" and self.torch_threads >= 2 else 1
 
     def batch_tokens_for(self, device_type: str) -> int:
         """The token budget of one forward pass on this device type (max_batch_tokens, or its auto value)."""

@@ -23,9 +23,9 @@ from app.api.middleware import (
     RequestIdMiddleware,
     UnexpectedErrorMiddleware,
 )
-from app.backends.devices import configure_torch_threads
+from app.backends.devices import configure_torch_threads, resolve_device, set_thread_threads
 from app.batcher import BatchPolicy, MicroBatcher
-from app.compute import ComputeThread
+from app.compute import ComputePool
 from app.config import Settings
 from app.heuristics import HeuristicConfig
 from app.metrics import ServiceMetrics
@@ -99,7 +99,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     switch_interval = sys.getswitchinterval()  # the process's own, given back at shutdown
     sys.setswitchinterval(settings.gil_switch_ms / 1000)
     metrics: ServiceMetrics = app.state.metrics
-    compute = ComputeThread()  # forward passes and model loads share the one torch thread
+    # forward passes side by side on its workers; model loads alone on its first worker
+    workers = settings.compute_workers_for(resolve_device(settings.device).type)
+    compute = ComputePool(workers, settings.torch_threads, set_thread_threads)
+    log.info(
+        "compute pool: %d worker(s), %d torch thread(s) in all, %d each when side by side",
+        workers, settings.torch_threads, compute.threads_per_worker,
+    )  # fmt: skip
     registry = ModelRegistry(
         settings.model_store, settings.device, settings.dtype, settings.execution_path, settings.onnx_cache,
         settings.max_model_bytes, compute,
@@ -141,7 +147,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await watcher.stop()
         await batcher.stop()
         await asyncio.to_thread(admission.close)
-        await asyncio.to_thread(compute.close)  # waits for a load still running on the compute thread
+        await asyncio.to_thread(compute.close)  # waits for a load still running on the compute pool
         await save_snapshot(service.running_stats, settings, metrics)
         sys.setswitchinterval(switch_interval)
 

@@ -17,7 +17,7 @@ from app.backends.choice import ONNX_PATHS, MeasuredBackend, candidate_names, me
 from app.backends.devices import enable_tf32, resolve_device, resolve_dtype
 from app.backends.onnx import onnx_available
 from app.backends.warmup import warm_up
-from app.compute import ComputeThread
+from app.compute import ComputePool
 from app.config import default_of
 from app.errors import CheckpointError
 from app.store import LoadedVersion, load_version, read_current, verify_version, version_dir
@@ -46,7 +46,7 @@ class ModelRegistry:
         execution_path: str = default_of("execution_path"),
         onnx_cache: Path | None = None,
         max_model_bytes: int = default_of("max_model_bytes"),
-        compute: ComputeThread | None = None,
+        compute: ComputePool | None = None,
     ):
         self.store = Path(store)
         self.max_model_bytes = max_model_bytes  # a version needing more memory to load is refused
@@ -61,7 +61,7 @@ class ModelRegistry:
         self.last_load_seconds: float | None = None
         # loads run on the service's compute thread (given, shared with the batcher), or on one of its own
         self._owns_compute = compute is None
-        self.compute = compute or ComputeThread()
+        self.compute = compute or ComputePool()
 
     def close(self) -> None:
         """End the compute thread if it is the registry's own (a given one is closed by its owner)."""

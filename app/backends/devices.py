@@ -43,8 +43,16 @@ def enable_tf32(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def set_thread_threads(threads: int) -> None:
+    """Intra-op threads of the calling thread's next torch operations (OpenMP's and MKL's settings are
+    per thread; torch's global default, which new threads start from, follows the last call)."""
+    torch.get_num_threads()  # a thread's first torch call resets its count to the global default: done
+    torch.set_num_threads(threads)
+
+
 def configure_torch_threads(threads: int) -> None:
-    """Intra-op threads for the forward pass; one inter-op thread since batches run one at a time."""
+    """Intra-op threads for the forward pass (the default of new threads); one inter-op thread, since
+    batches run side by side on the compute pool's own threads (app/compute.py), never torch's."""
     torch.set_num_threads(threads)
     if torch.get_num_interop_threads() != 1:
         try:

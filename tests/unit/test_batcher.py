@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.batcher import BatchPolicy, MicroBatcher
-from app.compute import ComputeThread
+from app.compute import ComputePool
 from app.errors import InferenceError, NotReady, Overloaded
 
 
@@ -61,10 +61,10 @@ async def occupy_worker(batcher: MicroBatcher, runner: RecordingRunner, group: s
 
 
 @contextlib.contextmanager
-def held_shared_compute() -> Iterator[tuple[RecordingRunner, ComputeThread]]:
+def held_shared_compute() -> Iterator[tuple[RecordingRunner, ComputePool]]:
     """A held runner and a compute thread shared as the service's (stop() does not wait for it); both are
     released on exit whatever the test did."""
-    runner, compute = held_runner(), ComputeThread()
+    runner, compute = held_runner(), ComputePool()
     try:
         yield runner, compute
     finally:
@@ -235,7 +235,7 @@ def test_the_next_batch_of_a_round_is_handed_over_before_the_running_one_ends() 
 
 
 def test_stopping_fails_the_items_of_every_batch_of_the_round_not_finished() -> None:
-    async def scenario(runner: RecordingRunner, compute: ComputeThread) -> list:
+    async def scenario(runner: RecordingRunner, compute: ComputePool) -> list:
         batcher = MicroBatcher(runner, policy(max_batch_size=2), compute=compute)
         batcher.start()
         tasks = [asyncio.create_task(batcher.run([i, i], [1, 1], group="v1")) for i in range(3)]
@@ -252,7 +252,7 @@ def test_stopping_fails_the_items_of_every_batch_of_the_round_not_finished() -> 
 def test_a_second_cancellation_of_the_worker_strands_nobody() -> None:
     """A shutdown that is itself interrupted (cancelled again mid-cleanup) still fails every item."""
 
-    async def scenario(runner: RecordingRunner, compute: ComputeThread) -> tuple[list, int]:
+    async def scenario(runner: RecordingRunner, compute: ComputePool) -> tuple[list, int]:
         batcher = MicroBatcher(runner, policy(max_batch_size=2), compute=compute)
         batcher.start()
         tasks = [asyncio.create_task(batcher.run([i, i], [1, 1], group="v1")) for i in range(4)]

@@ -1,0 +1,219 @@
+"""The compute pool runs every torch call of the service: model loads alone on its first worker with all
+the threads, batches side by side on its workers with their share (a lone batch with all of them); and
+the CPU batch token budget and worker count are sized per device unless set."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.batcher import BatchPolicy, MicroBatcher
+from app.compute import ComputePool
+from app.config import AUTO_BATCH_TOKENS, Settings
+from app.errors import NotReady
+from app.registry import ModelRegistry
+
+
+def test_with_one_worker_batches_and_model_loads_share_the_service_compute_thread(tmp_path: Path) -> None:
+    compute = ComputePool()
+    registry = ModelRegistry(tmp_path, device="cpu", compute=compute)
+
+    async def scenario() -> tuple[set[int], int]:
+        batcher = MicroBatcher(
+            lambda items: [threading.get_ident()] * len(items), BatchPolicy(), compute=compute
+        )
+        batcher.start()
+        try:
+            batch_threads = set(await batcher.run([1, 2, 3], [1, 1, 1], group="v"))
+            load_thread = await registry.compute.run(threading.get_ident)
+        finally:
+            await batcher.stop()
+        return batch_threads, load_thread
+
+    batch_threads, load_thread = asyncio.run(scenario())
+    assert batch_threads == {load_thread} and load_thread != threading.get_ident()
+    registry.close()  # the registry does not own the thread it was given
+    assert compute.submit(threading.get_ident).result() == load_thread  # outlives batcher, registry
+    compute.close()
+
+
+def test_the_token_budget_is_sized_per_device_unless_set() -> None:
+    assert BatchPolicy.from_settings(Settings(), "cpu").max_batch_tokens == AUTO_BATCH_TOKENS["cpu"] == 2048
+    assert BatchPolicy.from_settings(Settings(), "cuda").max_batch_tokens == AUTO_BATCH_TOKENS["cuda"]
+    assert BatchPolicy.from_settings(Settings(max_batch_tokens=500), "cpu").max_batch_tokens == 500
+
+
+def test_the_worker_count_is_two_on_a_multi_core_cpu_unless_set() -> None:
+    assert Settings(torch_threads=2).compute_workers_for("cpu") == 2
+    assert Settings(torch_threads=16).compute_workers_for("cpu") == 2
+    assert Settings(torch_threads=1).compute_workers_for("cpu") == 1
+    assert Settings(torch_threads=8).compute_workers_for("cuda") == 1
+    assert Settings(torch_threads=8, compute_workers=4).compute_workers_for("cpu") == 4
+
+
+class ThreadCounts:
+    """A `set_threads` that records, per worker thread, the intra-op thread count it was given."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+        self.calls: list[tuple[str, int]] = []
+
+    def __call__(self, threads: int) -> None:
+        self.local.threads = threads
+        self.calls.append((threading.current_thread().name, threads))
+
+    def where(self) -> tuple[str, int]:
+        """(worker name, its thread count): what a job sees."""
+        return threading.current_thread().name, getattr(self.local, "threads", 0)
+
+
+def held_job(counts: ThreadCounts, gate: threading.Event, entered: threading.Event):
+    def job() -> tuple[str, int]:
+        entered.set()
+        assert gate.wait(timeout=10)
+        return counts.where()
+
+    return job
+
+
+@pytest.fixture
+def pool():
+    counts = ThreadCounts()
+    compute = ComputePool(workers=2, threads=4, set_threads=counts, name="t")
+    compute.counts = counts
+    yield compute
+    compute.close()
+
+
+def test_a_lone_batch_gets_every_thread_on_the_first_worker_and_side_by_side_ones_share_them(pool) -> None:
+    counts = pool.counts
+
+    async def scenario():
+        alone = await pool.run_batch(counts.where)
+        gate, entered = threading.Event(), threading.Event()
+        first = asyncio.ensure_future(pool.run_batch(held_job(counts, gate, entered)))
+        await asyncio.to_thread(entered.wait, 10)
+        second = await pool.run_batch(counts.where)  # runs while the first is held
+        gate.set()
+        return alone, await first, second
+
+    alone, first, second = asyncio.run(scenario())
+    assert alone == ("t_0", 4)
+    assert first == ("t_0", 4)  # it started alone
+    assert second == ("t_1", 2)  # the first worker was busy: the other one, with its share
+
+
+def test_batches_queued_together_run_side_by_side_with_their_share() -> None:
+    counts = ThreadCounts()
+    pool = ComputePool(workers=2, threads=2, set_threads=counts)
+    both_in = threading.Barrier(2, timeout=10)  # neither returns unless the other runs at the same time
+
+    def job() -> tuple[str, int]:
+        both_in.wait()
+        return counts.where()
+
+    async def scenario():
+        return await asyncio.gather(pool.run_batch(job), pool.run_batch(job))
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        pool.close()
+    assert sorted(results) == [("torch_0", 1), ("torch_1", 1)]
+
+
+def test_a_call_waits_for_running_batches_and_no_batch_starts_during_it(pool) -> None:
+    counts = pool.counts
+    log: list[str] = []
+
+    def batch(name: str, hold: float = 0.0):
+        def job() -> tuple[str, int]:
+            log.append(f"{name} start")
+            time.sleep(hold)
+            log.append(f"{name} end")
+            return counts.where()
+
+        return job
+
+    async def scenario():
+        running = asyncio.ensure_future(pool.run_batch(batch("b1", 0.2)))
+        await asyncio.sleep(0.05)
+        call = asyncio.ensure_future(pool.run(batch("load", 0.2)))
+        await asyncio.sleep(0.05)
+        after = asyncio.ensure_future(pool.run_batch(batch("b2")))  # queued behind the call
+        return await asyncio.gather(running, call, after)
+
+    _, load, _ = asyncio.run(scenario())
+    assert log == ["b1 start", "b1 end", "load start", "load end", "b2 start", "b2 end"]
+    assert load == ("t_0", 4)  # alone, with every thread
+
+
+def test_an_error_reaches_its_caller_and_a_cancelled_job_never_runs(pool) -> None:
+    ran: list[str] = []
+
+    def fail() -> None:
+        raise ValueError("broken batch")
+
+    async def scenario():
+        with pytest.raises(ValueError, match="broken batch"):
+            await pool.run_batch(fail)
+        gate, entered = threading.Event(), threading.Event()
+        held = [asyncio.ensure_future(pool.run(held_job(pool.counts, gate, entered)))]
+        await asyncio.to_thread(entered.wait, 10)
+        queued = asyncio.ensure_future(pool.run_batch(lambda: ran.append("cancelled one")))
+        await asyncio.sleep(0.01)
+        queued.cancel()
+        gate.set()
+        await held[0]
+        return await pool.run_batch(lambda: ran.append("next") or "ok")
+
+    assert asyncio.run(scenario()) == "ok"
+    assert ran == ["next"]
+
+
+def test_closing_runs_what_is_queued_then_refuses_more() -> None:
+    pool = ComputePool(workers=2, threads=2)
+    futures = [pool.submit(time.sleep, 0.05, exclusive=False) for _ in range(5)]
+    pool.close()
+    assert all(f.done() and f.exception() is None for f in futures)
+    with pytest.raises(RuntimeError):
+        pool.submit(time.sleep, 0)
+    assert not any(thread.is_alive() for thread in pool._threads)
+
+
+def test_the_batcher_keeps_every_worker_busy_and_stopping_fails_what_is_left() -> None:
+    pool = ComputePool(workers=2, threads=2)
+    both_in = threading.Barrier(2, timeout=10)
+    seen: list[list[int]] = []
+    gate = threading.Event()
+
+    def run_batch(payloads: list[int]) -> list[int]:
+        seen.append(list(payloads))
+        if len(seen) <= 2:
+            both_in.wait()  # the first two batches run side by side, or this raises
+        else:
+            gate.wait(timeout=10)
+        return [p * 2 for p in payloads]
+
+    async def scenario():
+        batcher = MicroBatcher(run_batch, BatchPolicy(max_batch_size=2, max_wait_s=0.01), compute=pool)
+        batcher.start()
+        first = await asyncio.gather(*(batcher.run([i, i], [1, 1], group="v") for i in range(2)))
+        held = [asyncio.create_task(batcher.run([i, i], [1, 1], group="v")) for i in range(10, 14)]
+        while len(seen) < 4:  # two more batches running, the rest queued or not handed over yet
+            await asyncio.sleep(0.01)
+        await batcher.stop()
+        gate.set()
+        return first, await asyncio.gather(*held, return_exceptions=True), batcher.backlog
+
+    try:
+        first, held, backlog = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    finally:
+        gate.set()
+        pool.close()
+    assert first == [[0, 0], [2, 2]]
+    assert all(isinstance(result, NotReady) for result in held) and backlog == 0
