@@ -43,10 +43,11 @@ from urllib.parse import urlsplit
 import httpx
 import torch
 
-from app.backends.devices import configure_torch_threads, resolve_device, resolve_dtype
+from app.backends.devices import configure_torch_threads, resolve_device, resolve_dtype, set_thread_threads
 from app.backends.warmup import forward_raw
 from app.batcher import BatchPolicy, cut_payloads
-from app.config import batch_tokens, default_of
+from app.compute import ComputePool
+from app.config import Settings, batch_tokens, default_of
 from app.errors import CheckpointError
 from app.loadgen import (
     Connections,
@@ -262,13 +263,31 @@ def server_like_batches(
     return batches
 
 
+def forward_batch(version: LoadedVersion, batch: list[dict]) -> None:
+    forward_raw(version, [p["prompt"] for p in batch], [p["response"] for p in batch])
+
+
 def best_rate(version: LoadedVersion, batches: list[list[dict]], passes: int = 2) -> float:
-    """Best items/s of forward_raw over `batches` in `passes` passes."""
+    """Best items/s of forward_raw over `batches`, one after the other, in `passes` passes."""
     items, best = sum(map(len, batches)), 0.0
     for _ in range(passes):
         started = time.perf_counter()
         for batch in batches:
-            forward_raw(version, [p["prompt"] for p in batch], [p["response"] for p in batch])
+            forward_batch(version, batch)
+        best = max(best, items / (time.perf_counter() - started))
+    return best
+
+
+def best_rate_side_by_side(
+    version: LoadedVersion, batches: list[list[dict]], pool: ComputePool, passes: int = 2
+) -> float:
+    """Best items/s of `batches` handed to the compute pool all at once, so its workers run them side by
+    side with their share of the threads as the server's do under load, in `passes` passes."""
+    items, best = sum(map(len, batches)), 0.0
+    for _ in range(passes):
+        started = time.perf_counter()
+        for future in [pool.submit(forward_batch, version, batch, exclusive=False) for batch in batches]:
+            future.result()
         best = max(best, items / (time.perf_counter() - started))
     return best
 
@@ -304,12 +323,36 @@ def in_process_ceiling(
     seed: int,
     python_duty: float = 0.0,
     repeats: int = 1,
+    pool: ComputePool | None = None,
 ) -> dict:
     """Items/s of forward_raw (tokenize, pad, forward) over length-sorted `pairs`, per batch size; over
     batches cut as the server cuts them from `pools` pending items (CPU limits); and over those of the
-    largest pool while another thread runs Python `python_duty` of the time. Each figure is the best of
-    two passes; with `repeats` > 1 all cases are measured in turn that often and the median is kept, so a
+    largest pool while another thread runs Python `python_duty` of the time. Every torch call runs on
+    `pool` as the server's do: one batch at a time with all the threads, and, when the pool has more than
+    one worker, the same batches side by side on its workers; the better of the two is the figure (the
+    one-at-a-time figures are kept apart: a lone request's latency). Each figure is the best of two
+    passes; with `repeats` > 1 all cases are measured in turn that often and the median is kept, so a
     slow spell of a shared machine does not fall on one case only."""
+    own_pool = pool is None
+    pool = pool or ComputePool()
+    try:
+        return ceiling_on(version, pairs, batch_sizes, pools, seed, python_duty, repeats, pool)
+    finally:
+        if own_pool:
+            pool.close()
+
+
+def ceiling_on(
+    version: LoadedVersion,
+    pairs: list[dict],
+    batch_sizes: list[int],
+    pools: list[int],
+    seed: int,
+    python_duty: float,
+    repeats: int,
+    pool: ComputePool,
+) -> dict:
+    """in_process_ceiling on `pool`."""
     encoded = version.backend.encode([p["prompt"] for p in pairs], [p["response"] for p in pairs])
     lengths = [len(ids) for ids in encoded]
     by_length = [pairs[i] for i in sorted(range(len(pairs)), key=lengths.__getitem__)]  # as the server sorts
@@ -324,32 +367,44 @@ def in_process_ceiling(
             server_like_batches(pairs, lengths, max(pools), seed, packed),
             python_duty,
         )
-    forward_raw(version, [p["prompt"] for p in by_length[:8]], [p["response"] for p in by_length[:8]])
+    pool.submit(forward_batch, version, by_length[:8]).result()  # warm-up
+    side = pool.workers > 1
     rates: dict[tuple[str, int], list[float]] = {key: [] for key in cases}
+    rates_side: dict[tuple[str, int], list[float]] = {key: [] for key in cases}
     for _ in range(repeats):
         for key, (batches, duty) in cases.items():
             with python_load(duty) if duty else contextlib.nullcontext():
-                rates[key].append(best_rate(version, batches))
-    rate = {key: statistics.median(values) for key, values in rates.items()}
-    per_size = {n: rate["size", n] for n in batch_sizes}
+                rates[key].append(pool.submit(best_rate, version, batches).result())
+                if side:
+                    rates_side[key].append(best_rate_side_by_side(version, batches, pool))
+    one = {key: statistics.median(values) for key, values in rates.items()}
+    both = {key: max(one[key], statistics.median(rates_side[key])) if side else one[key] for key in cases}
+    per_size = {n: both["size", n] for n in batch_sizes}
     top = max(per_size, key=per_size.get)
     return {
         "best_items_per_s": per_size[top],
         "best_batch_size": top,
         "items_per_s_by_batch_size": per_size,
-        "items_per_s_by_pool": {n: rate["pool", n] for n in pools},
+        "items_per_s_by_pool": {n: both["pool", n] for n in pools},
         "python_duty": python_duty,
-        "items_per_s_largest_pool_with_python_load": rate.get(("loaded", max(pools, default=0))),
+        "items_per_s_largest_pool_with_python_load": both.get(("loaded", max(pools, default=0))),
+        "workers": pool.workers,
+        "one_at_a_time_by_batch_size": {n: one["size", n] for n in batch_sizes},
+        "side_by_side_by_batch_size": (
+            {n: statistics.median(rates_side["size", n]) for n in batch_sizes} if side else None
+        ),
         "repeats": repeats,
         "mean_tokens": sum(lengths) / len(lengths),
         "max_len": version.backend.max_len,
     }
 
 
-def measure_ceiling(version: LoadedVersion, pairs: list[dict], args: argparse.Namespace) -> dict:
+def measure_ceiling(
+    version: LoadedVersion, pairs: list[dict], args: argparse.Namespace, pool: ComputePool
+) -> dict:
     ceiling = in_process_ceiling(
         version, pairs, args.ceiling_batch_sizes, args.ceiling_pools, args.seed, args.python_load,
-        args.ceiling_repeats,
+        args.ceiling_repeats, pool,
     )  # fmt: skip
     print(f"  ceiling {ceiling['best_items_per_s']:.1f} items/s", file=sys.stderr, flush=True)
     return ceiling
@@ -363,6 +418,9 @@ def bracketed(before: dict, after: dict) -> dict:
     def mean(key: str) -> dict:
         return {k: (v + after[key][k]) / 2 for k, v in before[key].items()}
 
+    def mean_or_none(key: str) -> dict | None:
+        return None if before.get(key) is None else mean(key)
+
     per_size, loaded = mean("items_per_s_by_batch_size"), before["items_per_s_largest_pool_with_python_load"]
     top = max(per_size, key=per_size.get)
     return {
@@ -374,6 +432,8 @@ def bracketed(before: dict, after: dict) -> dict:
         "items_per_s_largest_pool_with_python_load": (
             None if loaded is None else (loaded + after["items_per_s_largest_pool_with_python_load"]) / 2
         ),
+        "one_at_a_time_by_batch_size": mean_or_none("one_at_a_time_by_batch_size"),
+        "side_by_side_by_batch_size": mean_or_none("side_by_side_by_batch_size"),
         "best_items_per_s_before_and_after": [before["best_items_per_s"], after["best_items_per_s"]],
     }
 
@@ -557,6 +617,7 @@ def run_matrix(
 def benchmark_started_servers(args: argparse.Namespace, pairs: list[dict]) -> list[Result]:
     env = {
         "REWARD_TORCH_THREADS": str(args.threads),
+        "REWARD_COMPUTE_WORKERS": str(args.workers),
         "REWARD_DTYPE": args.dtype,
         "REWARD_EXECUTION_PATH": args.path,
         "REWARD_QUEUE_SIZE": "100000",
@@ -604,6 +665,14 @@ def markdown(results: list[Result], ceiling: dict | None, facts: dict) -> str:
             f"\nIn-process ceiling: {ceiling['best_items_per_s']:.1f} items/s at batch size "
             f"{ceiling['best_batch_size']} (items/s by batch size: {by_size}; tokenization included; "
             f"mean {ceiling['mean_tokens']:.0f} tokens per pair)."
+        )
+    if ceiling and ceiling.get("side_by_side_by_batch_size"):
+        one = ", ".join(f"{k}: {v:.1f}" for k, v in ceiling["one_at_a_time_by_batch_size"].items())
+        side = ", ".join(f"{k}: {v:.1f}" for k, v in ceiling["side_by_side_by_batch_size"].items())
+        lines.append(
+            f"Each figure is the better of one batch at a time with all {facts['torch_threads']} threads "
+            f"({one}) and batches side by side on {ceiling['workers']} workers, as the server runs them "
+            f"under load ({side})."
         )
     if ceiling and ceiling.get("items_per_s_by_pool"):
         by_pool = ", ".join(f"{k}: {v:.1f}" for k, v in ceiling["items_per_s_by_pool"].items())
@@ -668,7 +737,7 @@ def machine_facts(args: argparse.Namespace, version: LoadedVersion | None, pair_
     facts = {
         "platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
         "torch": torch.__version__,
-        "torch_threads": args.threads, "device": str(resolve_device("auto")),
+        "torch_threads": args.threads, "compute_workers": args.workers, "device": str(resolve_device("auto")),
         "dtype": str(resolve_dtype(args.dtype, resolve_device("auto"))),
         "duration_s": args.duration, "pairs": pair_count,
         "data": str(args.data.relative_to(REPO) if args.data.is_relative_to(REPO) else args.data),
@@ -711,6 +780,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="torch threads of every server"
     )
+    parser.add_argument(
+        "--workers", type=int, default=0,
+        help="compute workers of the batched servers and the ceiling (0: the service's auto count)",
+    )  # fmt: skip
     parser.add_argument(
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="every server's"
     )
@@ -796,8 +869,11 @@ def main(argv: list[str] | None = None) -> None:
     ceiling, version = None, None
     if not args.url:
         configure_torch_threads(args.threads)
+        settings = Settings(torch_threads=args.threads, compute_workers=args.workers)
+        args.workers = settings.compute_workers_for(resolve_device("auto").type)
+        pool = ComputePool(args.workers, args.threads, set_thread_threads, name="ceiling")
         version = load_live(args.model_store, args.dtype, args.path)
-        ceiling = measure_ceiling(version, pairs, args) if args.ceiling else None
+        ceiling = measure_ceiling(version, pairs, args, pool) if args.ceiling else None
     if args.ceiling_only:
         print(json.dumps({"dtype": str(version.backend.dtype), **ceiling}, indent=2))
         return
@@ -807,7 +883,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         results = benchmark_started_servers(args, pairs)
     if ceiling is not None and results:
-        ceiling = bracketed(ceiling, measure_ceiling(version, pairs, args))
+        ceiling = bracketed(ceiling, measure_ceiling(version, pairs, args, pool))
     print(markdown(results, ceiling, facts))
     if args.json:
         report = {"machine": facts, "ceiling": ceiling, "results": [asdict(r) for r in results]}

@@ -125,3 +125,19 @@ def test_a_benchmark_run_measures_the_ceiling_before_and_after_the_server(
     assert report["ceiling"]["best_items_per_s"] == pytest.approx(max(by_size.values()))
     assert report["results"][0]["items_per_s"] > 0 and report["results"][0]["errors"] == 0
     assert "measured before the servers ran" in capsys.readouterr().out
+
+
+def test_the_ceiling_of_a_pool_of_workers_is_the_better_of_alone_and_side_by_side(
+    bench, tiny_model_store, capsys
+) -> None:
+    bench.main([
+        "--model-store", str(tiny_model_store), "--ceiling-only", "--pairs", "16", "--threads", "2",
+        "--workers", "2", "--dtype", "float32", "--path", "torch", "--ceiling-batch-sizes", "1", "4",
+        "--ceiling-pools",
+    ])  # fmt: skip
+    ceiling = json.loads(capsys.readouterr().out)
+    alone, side = ceiling["one_at_a_time_by_batch_size"], ceiling["side_by_side_by_batch_size"]
+    assert ceiling["workers"] == 2 and set(alone) == set(side) == {"1", "4"}
+    for size, rate in ceiling["items_per_s_by_batch_size"].items():
+        assert rate == max(alone[size], side[size]) > 0
+    assert ceiling["best_items_per_s"] == max(ceiling["items_per_s_by_batch_size"].values())

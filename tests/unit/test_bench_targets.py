@@ -54,3 +54,13 @@ def test_a_ratio_pairs_figures_of_one_repetition_not_medians_of_different_ones(t
     slow["batched"]["ceiling"] = {**slow["batched"]["ceiling"], "best_items_per_s": 95.0}
     ratios = {name: value for name, value, _, _ in targets.target_ratios([fast, slow, slow])}
     assert ratios["served / in-process ceiling"] == pytest.approx(90 / 95)  # not 90 / 100 nor 180 / 95
+
+
+def test_the_single_item_latency_is_a_lone_batch_not_batches_side_by_side(targets) -> None:
+    rep = repetition(1.0)
+    rep["batched"]["ceiling"] = {
+        **rep["batched"]["ceiling"],
+        "items_per_s_by_batch_size": {"1": 90.0, "16": 100.0},  # the better layout: side by side
+        "one_at_a_time_by_batch_size": {"1": 50.0, "16": 80.0},
+    }
+    assert targets.table_of(rep)["ceiling batch 1"] == 50.0
