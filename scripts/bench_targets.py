@@ -112,7 +112,8 @@ def markdown(m: dict, ratios: list[tuple[str, float, str, list[float]]], cpu: st
     lines += [
         "",
         f"In-process ceiling: {m['ceiling best']:.1f} items/s at its best batch size, "
-        f"{m['ceiling batch 1']:.1f} items/s at batch 1, alone ({1000 / m['ceiling batch 1']:.1f} ms per item).",
+        f"{m['ceiling batch 1']:.1f} items/s at batch 1, alone "
+        f"({1000 / m['ceiling batch 1']:.1f} ms per item).",
         "",
         "| target | median of the repetitions | each repetition | goal |",
         "| --- | ---: | ---: | --- |",
