@@ -4,7 +4,7 @@
   it (the batcher applies it; callers that cannot back off are held longer and refused with an error they
   retry);
 - `Admission`, per request: exact token ids and the heuristic of every item, on a few dedicated tokenizer
-  threads (never the event loop, never the compute thread); a text that cannot be encoded is this
+  threads (never the event loop, never a compute worker); a text that cannot be encoded is this
   request's 422, located where the request holds it (`TextLocator`).
 """
 

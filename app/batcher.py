@@ -289,10 +289,10 @@ class MicroBatcher:
         what is pending then."""
         running: dict[asyncio.Task, list[WorkItem]] = {}  # batches handed over, by their task
         not_yet: list[list[WorkItem]] = []
-        workers = self._compute.workers
         try:
             while True:
                 await self._wait_for_batch()
+                workers = self._compute.active_workers
                 round_items = self._take_round()
                 self._in_round_tokens += sum(item.length for item in round_items)
                 not_yet = cut_batches(round_items, self.policy)

@@ -13,6 +13,10 @@ clients on the same host), the other spins idle until it is back, and every mill
 costs the forward pass about two. Two batches on one thread each have no barrier to wait at: served
 `/score` at 64 clients went from 143-167 to 219-236 items/s on 2 vCPUs (docs/benchmarks.md).
 
+Whether side by side pays is measured, not assumed (`measure_layout`, on the first version loaded, before
+it serves): the canary batches one at a time with every thread against the same side by side; the pool
+keeps its other workers idle unless side by side is faster by LAYOUT_MARGIN.
+
 Only the first worker ever uses more than its share of threads, so at most one OpenMP team exists: with
 a team per calling thread on a small machine, libgomp throttles their spin-waiting and forwards ran 1.9x
 slower. Whoever builds the service owns the pool, hands it to the registry and the batcher, and closes
@@ -22,7 +26,9 @@ it last.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -30,6 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+LAYOUT_ROUNDS = 3  # timed passes of each layout, taken in turn; the medians count
+LAYOUT_MARGIN = 1.05  # side by side is kept when its median items/s is at least this times one at a time
 
 
 @dataclass
@@ -47,15 +56,22 @@ class ComputePool:
         threads: int = 1,
         set_threads: Callable[[int], None] | None = None,
         name: str = "torch",
+        measured: bool = True,
     ):
         """`workers` threads; `set_threads(n)` sets the calling thread's intra-op threads (torch's), called
-        on a worker before a job that needs another count than its last one; `threads` in all."""
+        on a worker before a job that needs another count than its last one; `threads` in all. With
+        `measured` False (a setting forced the worker count), batches run side by side unmeasured."""
         if workers < 1 or threads < 1:
             raise ValueError(f"workers and threads must be >= 1, not {workers} and {threads}")
         self.workers = workers
         self.threads = threads
         self.threads_per_worker = max(1, threads // workers)
         self._set_threads = set_threads
+        self.side_by_side = workers > 1  # False: the other workers stay idle (measure_layout)
+        self.layout: dict = {
+            "workers": workers, "side_by_side": self.side_by_side,
+            "setting": "auto" if measured else "forced", "measured": False,
+        }  # fmt: skip
         self._jobs: deque[_Job] = deque()
         self._busy = [False] * workers
         self._exclusive_running = False
@@ -76,6 +92,47 @@ class ComputePool:
     async def run_batch(self, fn: Callable[..., T], *args: object) -> T:
         """Await `fn(*args)` on the next free worker, alongside other batches."""
         return await asyncio.wrap_future(self.submit(fn, *args, exclusive=False))
+
+    @property
+    def active_workers(self) -> int:
+        """Workers that take batches: all of them side by side, else the first only."""
+        return self.workers if self.side_by_side else 1
+
+    async def measure_layout(self, forward: Callable[[list], Any], batches: list[list]) -> dict:
+        """Time `forward` over `batches` one at a time with every thread and side by side on the workers,
+        in turn LAYOUT_ROUNDS times; keep side by side only if its median items/s beats one at a time by
+        LAYOUT_MARGIN. Run it while nothing else uses the pool (its figures are the pool's alone)."""
+        if self.workers == 1 or self.layout["setting"] != "auto":
+            return self.layout
+        items = sum(map(len, batches))
+        alone: list[float] = []
+        side: list[float] = []
+        await self.run(run_each, forward, batches)  # untimed: every worker's threads awake
+        await asyncio.gather(*map(asyncio.wrap_future, self.submit_batches(forward, batches)))
+        for _ in range(LAYOUT_ROUNDS):
+            started = time.perf_counter()
+            await self.run(run_each, forward, batches)
+            alone.append(items / (time.perf_counter() - started))
+            started = time.perf_counter()
+            await asyncio.gather(*map(asyncio.wrap_future, self.submit_batches(forward, batches)))
+            side.append(items / (time.perf_counter() - started))
+        one_rate, side_rate = statistics.median(alone), statistics.median(side)
+        self.side_by_side = side_rate >= LAYOUT_MARGIN * one_rate
+        self.layout = {
+            **self.layout, "side_by_side": self.side_by_side, "measured": True,
+            "one_at_a_time_items_per_s": round(one_rate, 1), "side_by_side_items_per_s": round(side_rate, 1),
+        }  # fmt: skip
+        return self.layout
+
+    def submit_batches(self, fn: Callable[..., T], args: list) -> list[Future]:
+        """Queue `fn(a)` for each of `args` as batches, all at once (no worker takes one alone)."""
+        jobs = [_Job(fn, (one,), exclusive=False) for one in args]
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the compute pool is closed")
+            self._jobs.extend(jobs)
+            self._cond.notify_all()
+        return [job.future for job in jobs]
 
     @property
     def busy_workers(self) -> int:
@@ -107,7 +164,7 @@ class ComputePool:
             return False
         if self._jobs[0].exclusive:  # a call waits for every batch to end, on the first worker
             return index == 0 and not any(self._busy)
-        return index == 0 or self._busy[0]  # the first worker takes batches first
+        return index == 0 or (self.side_by_side and self._busy[0])  # the first worker takes batches first
 
     def _serve(self, index: int) -> None:
         current_threads = None
@@ -143,3 +200,8 @@ class ComputePool:
                     if job.exclusive:
                         self._exclusive_running = False
                     self._cond.notify_all()
+
+
+def run_each(forward: Callable[[list], Any], batches: list[list]) -> None:
+    for batch in batches:
+        forward(batch)

@@ -101,10 +101,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics: ServiceMetrics = app.state.metrics
     # forward passes side by side on its workers; model loads alone on its first worker
     workers = settings.compute_workers_for(resolve_device(settings.device).type)
-    compute = ComputePool(workers, settings.torch_threads, set_thread_threads)
+    compute = ComputePool(
+        workers, settings.torch_threads, set_thread_threads, measured=settings.compute_workers == 0
+    )
     log.info(
-        "compute pool: %d worker(s), %d torch thread(s) in all, %d each when side by side",
-        workers, settings.torch_threads, compute.threads_per_worker,
+        "compute pool: %d worker(s), %d torch thread(s) in all, %d each when side by side (%s)",
+        workers, settings.torch_threads, compute.threads_per_worker, compute.layout["setting"],
     )  # fmt: skip
     registry = ModelRegistry(
         settings.model_store, settings.device, settings.dtype, settings.execution_path, settings.onnx_cache,
@@ -118,6 +120,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         compute,
     )
     metrics.track_queue_depth(lambda: batcher.queue_depth)
+    metrics.compute_workers.set_function(lambda: compute.active_workers)
     stats, defaults = running_stats_of(settings), ScoringDefaults.from_settings(settings)
     admission = Admission(
         HeuristicConfig.from_settings(settings), settings.tokenize_threads, settings.retry_after_s

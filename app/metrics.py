@@ -136,6 +136,12 @@ class ServiceMetrics:
     def _define_batching(self) -> None:
         r = self.registry
         self.queue_depth = Gauge("reward_queue_depth", "Items waiting in the micro-batch queue.", registry=r)
+        self.compute_workers = Gauge(
+            "reward_compute_workers",
+            "Workers running forward passes side by side: reward_forward_duration_seconds_sum grows by up "
+            "to this many seconds per second.",
+            registry=r,
+        )
         for kind in REWARD_KINDS:
             self.reward_value.labels(kind)
 

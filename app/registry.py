@@ -13,7 +13,13 @@ from pathlib import Path
 
 import torch
 
-from app.backends.choice import ONNX_PATHS, MeasuredBackend, candidate_names, measure_execution
+from app.backends.choice import (
+    ONNX_PATHS,
+    MeasuredBackend,
+    canary_texts,
+    candidate_names,
+    measure_execution,
+)
 from app.backends.devices import enable_tf32, resolve_device, resolve_dtype
 from app.backends.onnx import onnx_available
 from app.backends.warmup import warm_up
@@ -59,12 +65,12 @@ class ModelRegistry:
         self.previous: LoadedVersion | None = None
         self.last_error: str | None = None
         self.last_load_seconds: float | None = None
-        # loads run on the service's compute thread (given, shared with the batcher), or on one of its own
+        # loads run alone on the service's compute pool (given, shared with the batcher), or on its own
         self._owns_compute = compute is None
         self.compute = compute or ComputePool()
 
     def close(self) -> None:
-        """End the compute thread if it is the registry's own (a given one is closed by its owner)."""
+        """End the compute pool if it is the registry's own (a given one is closed by its owner)."""
         if self._owns_compute:
             self.compute.close()
 
@@ -98,7 +104,29 @@ class ModelRegistry:
         thread would pause scoring for as long; only loading and warm-up queue behind the batches."""
         name = self.version_name(version)
         manifest = await asyncio.to_thread(verify_version, version_dir(self.store, name))
-        return await self.compute.run(self.load, name, manifest)
+        loaded = await self.compute.run(self.load, name, manifest)
+        layout = self.compute.layout
+        unmeasured = layout["setting"] == "auto" and layout["workers"] > 1 and not layout["measured"]
+        if self.current is None and unmeasured:
+            await self.measure_layout(loaded)  # nothing serves yet: the pool is the measurement's alone
+        return loaded
+
+    async def measure_layout(self, loaded: LoadedVersion) -> None:
+        """Whether the compute pool runs batches side by side (app/compute.py), timed on this version's
+        canary batches; on any failure it runs them one at a time, as with one worker."""
+        try:
+            ids = await asyncio.to_thread(loaded.backend.encode, *canary_texts())
+            layout = await self.compute.measure_layout(loaded.backend.forward, [ids, ids])
+        except Exception:  # noqa: BLE001 - a timing failure must not keep a good version from serving
+            log.exception("could not time batches side by side; running them one at a time")
+            self.compute.side_by_side = False
+            self.compute.layout = {**self.compute.layout, "side_by_side": False}
+            return
+        log.info(
+            "compute pool: %s (%d workers; canary %.1f items/s one at a time, %.1f side by side)",
+            "batches side by side" if layout["side_by_side"] else "one batch at a time", layout["workers"],
+            layout["one_at_a_time_items_per_s"], layout["side_by_side_items_per_s"],
+        )  # fmt: skip
 
     def measure_execution(self, loaded: LoadedVersion) -> None:
         """Serve `loaded` on the fastest of this machine's execution paths that keeps float32's rewards."""
@@ -115,9 +143,12 @@ class ModelRegistry:
     def execution_report(self, version: LoadedVersion) -> dict:
         """The `execution` of /v1/model: the measured choice, or the torch precision a setting forced."""
         if version.execution is not None:
-            return version.execution.report()
+            return {**version.execution.report(), "compute": self.compute.layout}
         dtype = str(self.dtype).removeprefix("torch.")
-        return {"path": dtype, "dtype": dtype, "setting": dtype, "seconds": 0.0, "candidates": []}
+        return {
+            "path": dtype, "dtype": dtype, "setting": dtype, "seconds": 0.0, "candidates": [],
+            "compute": self.compute.layout,
+        }  # fmt: skip
 
     def activate(self, loaded: LoadedVersion) -> LoadedVersion | None:
         """Make `loaded` the live version (one reference swap); returns the one it replaced. The version

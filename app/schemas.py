@@ -242,7 +242,9 @@ class ModelInfo(BaseModel):
     dtype: str
     execution: dict = Field(
         description="The forward pass's path (float32, bfloat16, onnx, ...), whether a setting forced it "
-        "or it was measured at load ('auto'), and each candidate's canary items/s and deviation from float32."
+        "or it was measured at load ('auto'), and each candidate's canary items/s and deviation from "
+        "float32; `compute`: the compute workers and whether batches run side by side (measured on the "
+        "first version loaded, with both layouts' canary items/s)."
     )
     calibration: dict = Field(description="reward_mean and reward_std used to standardize model_raw.")
     metrics: dict = Field(description="Training metrics from the checkpoint's metrics.json.")

@@ -2,7 +2,7 @@
 
 pairs -> limits -> one model version -> admission (a small thread pool, per request: exact token ids and
 the heuristic; a text that cannot be encoded is this request's 422) -> micro-batcher (exact token counts;
-compute thread: forward, calibration) -> hybrid reward -> normalization -> clipping -> response schema.
+compute pool: forward, calibration) -> hybrid reward -> normalization -> clipping -> response schema.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Model lifecycle without restarts: watch the store's CURRENT, reload on demand, roll back.
 
-A new version is verified, loaded and warmed up beside the live one on the service's compute thread
-(the registry's `load`; scoring pauses between two batches meanwhile), then made live with one
+A new version is verified, loaded and warmed up beside the live one on the service's compute pool,
+alone (the registry's `load`; scoring pauses between two batches meanwhile), then made live with one
 reference swap on the event loop. Requests pin the version they read at entry and the batcher never
 mixes versions in a batch, so the swap falls between micro-batches and no request sees two versions.
 Any failure refuses the version: the live one keeps serving, and the refusal is logged in one line,

@@ -8,7 +8,7 @@ The ceiling is the best batched forward throughput of the same model on the same
 included, in this process with the servers' threads and dtype, measured before and after the servers run
 (the mean of the two: shared cores drift in speed over minutes); next to it, batches cut by the server's
 own code from N pending items (`--ceiling-pools`), optionally while a thread runs Python
-(`--python-load`). Each cell also reads the compute thread's busy share and the mean batch size from
+(`--python-load`). Each cell also reads the compute pool's busy share and the mean batch size from
 the service's /metrics, and the event loop's (main thread's) CPU per request from /proc. Prints a
 markdown table; `--json` writes every figure (machine, model, server RSS), `--plot` draws throughput
 and latency against concurrency.
@@ -82,7 +82,7 @@ class Result:
     p90_ms: float
     p99_ms: float
     server_rss_mib: float | None = None  # after this measurement
-    compute_busy: float | None = None  # share of the run the compute thread spent on batches (/metrics)
+    compute_busy: float | None = None  # share of the run the compute pool's workers spent on batches
     mean_batch: float | None = None  # items per micro-batch during the run (/metrics)
     loop_ms_per_request: float | None = None  # CPU of the server's main thread (event loop) per request
     client_ms_per_request: float | None = None  # CPU of this load generator per request (same machine)
@@ -554,7 +554,10 @@ def compare_forwards(store: Path, pairs: list[dict], dtype: str, sizes: list[int
 # ---------------------------------------------------------------- the run
 
 
-SCRAPED = ("reward_forward_duration_seconds_sum", "reward_batch_size_sum", "reward_batch_size_count")
+SCRAPED = (
+    "reward_forward_duration_seconds_sum", "reward_batch_size_sum", "reward_batch_size_count",
+    "reward_compute_workers",
+)  # fmt: skip
 
 
 def scrape(url: str) -> dict[str, float] | None:
@@ -572,13 +575,15 @@ def scrape(url: str) -> dict[str, float] | None:
 
 
 def batching_figures(before: dict | None, after: dict | None, seconds: float) -> dict:
-    """Compute-thread busy share and mean batch size between two scrapes."""
+    """Compute pool busy share (of all its workers' time) and mean batch size between two scrapes."""
     if before is None or after is None:
         return {}
     delta = {name: after[name] - before[name] for name in SCRAPED}
     batches = delta["reward_batch_size_count"]
     return {
-        "compute_busy": delta["reward_forward_duration_seconds_sum"] / seconds,
+        "compute_busy": (
+            delta["reward_forward_duration_seconds_sum"] / seconds / after["reward_compute_workers"]
+        ),
         "mean_batch": delta["reward_batch_size_sum"] / batches if batches else None,
     }
 
@@ -617,7 +622,7 @@ def run_matrix(
 def benchmark_started_servers(args: argparse.Namespace, pairs: list[dict]) -> list[Result]:
     env = {
         "REWARD_TORCH_THREADS": str(args.threads),
-        "REWARD_COMPUTE_WORKERS": str(args.workers),
+        "REWARD_COMPUTE_WORKERS": str(args.workers_setting),  # 0: the service's auto count and layout
         "REWARD_DTYPE": args.dtype,
         "REWARD_EXECUTION_PATH": args.path,
         "REWARD_QUEUE_SIZE": "100000",
@@ -855,6 +860,7 @@ def compare_only(args: argparse.Namespace, min_chars: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    args.workers_setting = args.workers
     data, min_chars = MIXES[args.mix]
     args.data = args.data or data
     if args.serve_naive:

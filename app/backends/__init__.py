@@ -2,7 +2,7 @@
 
 The serving path never looks inside a model. A version's backend turns text into token ids at admission
 (per request, off the event loop, so the batcher knows every item's exact length and a text that cannot
-be encoded is refused alone) and token ids into raw rewards on the compute thread (one forward pass per
+be encoded is refused alone) and token ids into raw rewards on a compute worker (one forward pass per
 micro-batch). Batching, the hybrid reward, normalization, metrics, reload and the API are the same for
 every backend.
 

@@ -189,6 +189,13 @@ class Candidates:
         return ExecutionPath(name, OnnxRunner(graph, self.tokenizer, torch.get_num_threads()).forward, dtype)
 
 
+def canary_texts() -> tuple[list[str], list[str]]:
+    """The canary items' prompts and responses (two answers per prompt, in order)."""
+    prompts = [p for p, _, _ in CANARY_PROMPTS for _ in range(2)]
+    responses = [r for _, first, second in CANARY_PROMPTS for r in (first, second)]
+    return prompts, responses
+
+
 def canary_ids(tokenizer: PairTokenizer) -> tuple[list[list[int]], Pairs]:
     """Encoded canary items and the (better-looking, other) item pairs that share a prompt."""
     prompts = [p for p, _, _ in CANARY_PROMPTS for _ in range(2)]

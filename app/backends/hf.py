@@ -271,7 +271,7 @@ class HFBackend:
                 raise EncodeError(index, "prompt", f"cannot be rendered or tokenized ({exc})") from exc
         return encoded
 
-    # --- forward: ids -> rewards (compute thread) ---
+    # --- forward: ids -> rewards (a compute worker) ---
 
     def _token_types(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Segment ids of encoder pairs: 0 up to the first separator (included), 1 after it."""

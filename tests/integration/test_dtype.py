@@ -35,7 +35,10 @@ def test_auto_is_float32_on_cpu_as_the_reference_and_half_precision_on_cuda() ->
 def test_auto_measures_the_paths_at_load_and_shows_the_choice(
     tiny_model_store, server_factory, tmp_path
 ) -> None:
-    env = {"REWARD_DTYPE": "auto", "REWARD_ONNX_CACHE": str(tmp_path / "onnx"), "REWARD_RELOAD_INTERVAL": "0"}
+    env = {
+        "REWARD_DTYPE": "auto", "REWARD_ONNX_CACHE": str(tmp_path / "onnx"), "REWARD_RELOAD_INTERVAL": "0",
+        "REWARD_TORCH_THREADS": "2",  # two compute workers (auto): their layout is measured too
+    }  # fmt: skip
     with server_factory(tiny_model_store, env=env) as server:
         info = httpx.get(f"{server.url}/v1/model").json()
         samples = scrape_metrics(server.url)
@@ -47,6 +50,10 @@ def test_auto_measures_the_paths_at_load_and_shows_the_choice(
     assert info["dtype"] in ("float32", "bfloat16", "int8")
     assert samples[("reward_execution_path_info", (("path", execution["path"]),))] == 1
     assert samples[("reward_execution_candidate_items_per_second", (("path", "float32"),))] > 0
+    compute = execution["compute"]
+    assert compute["workers"] == 2 and compute["setting"] == "auto" and compute["measured"]
+    assert compute["one_at_a_time_items_per_s"] > 0 and compute["side_by_side_items_per_s"] > 0
+    assert samples[("reward_compute_workers", ())] == (2 if compute["side_by_side"] else 1)
     version = load_version(tiny_model_store / read_current(tiny_model_store))
     fp32 = forward_raw(version, ["Hi"], ["Hello"])[0]
     assert served["model_raw"] == pytest.approx(fp32, abs=GUARD_STD * version.calibration[1])

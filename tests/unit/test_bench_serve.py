@@ -46,13 +46,17 @@ def test_batching_figures_come_from_the_counters_deltas(bench) -> None:
         "reward_forward_duration_seconds_sum": 2.0,
         "reward_batch_size_sum": 100.0,
         "reward_batch_size_count": 10.0,
+        "reward_compute_workers": 1.0,
     }
     after = {
         "reward_forward_duration_seconds_sum": 11.0,
         "reward_batch_size_sum": 400.0,
         "reward_batch_size_count": 30.0,
+        "reward_compute_workers": 1.0,
     }
     assert bench.batching_figures(before, after, 10.0) == {"compute_busy": 0.9, "mean_batch": 15.0}
+    two = {**after, "reward_compute_workers": 2.0}  # two workers: 9 s of batches in 10 s is 0.45 each
+    assert bench.batching_figures(before, two, 10.0) == {"compute_busy": 0.45, "mean_batch": 15.0}
     assert bench.batching_figures(None, after, 10.0) == {}  # a server without /metrics (naive)
 
 

@@ -217,3 +217,48 @@ def test_the_batcher_keeps_every_worker_busy_and_stopping_fails_what_is_left() -
         pool.close()
     assert first == [[0, 0], [2, 2]]
     assert all(isinstance(result, NotReady) for result in held) and backlog == 0
+
+
+def test_side_by_side_is_kept_when_it_is_measured_faster() -> None:
+    pool = ComputePool(workers=2, threads=2)
+
+    def forward(batch: list[int]) -> None:
+        time.sleep(0.002 * len(batch))  # releases the GIL: two at once take the time of one
+
+    try:
+        layout = asyncio.run(pool.measure_layout(forward, [[1] * 10, [1] * 10]))
+    finally:
+        pool.close()
+    assert layout["measured"] and layout["side_by_side"] and pool.active_workers == 2
+    assert layout["side_by_side_items_per_s"] > 1.5 * layout["one_at_a_time_items_per_s"]
+
+
+def test_batches_run_one_at_a_time_when_side_by_side_is_measured_no_faster() -> None:
+    pool = ComputePool(workers=2, threads=2)
+    one_at_a_time = threading.Lock()
+
+    def forward(batch: list[int]) -> None:
+        with one_at_a_time:  # what two forward passes fighting over the same cores look like
+            time.sleep(0.002 * len(batch))
+
+    async def scenario() -> tuple[dict, set[str]]:
+        layout = await pool.measure_layout(forward, [[1] * 10, [1] * 10])
+        where = [pool.run_batch(lambda: threading.current_thread().name) for _ in range(8)]
+        names = await asyncio.gather(*where)
+        return layout, set(names)
+
+    try:
+        layout, workers_used = asyncio.run(scenario())
+    finally:
+        pool.close()
+    assert layout["measured"] and not layout["side_by_side"] and pool.active_workers == 1
+    assert workers_used == {"torch_0"}  # the other worker stays idle
+
+
+def test_a_forced_worker_count_is_not_measured() -> None:
+    pool = ComputePool(workers=2, threads=2, measured=False)
+    try:
+        layout = asyncio.run(pool.measure_layout(lambda batch: None, [[1], [1]]))
+    finally:
+        pool.close()
+    assert layout["setting"] == "forced" and not layout["measured"] and pool.active_workers == 2
