@@ -35,6 +35,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,7 +160,7 @@ class MicroBatcher:
         self._incoming = 0  # requests announced with incoming() and not submitted yet
         self._pending: deque[WorkItem] = deque()
         self._arrived = asyncio.Event()
-        # batches run one at a time on a single thread: given (shared with model loading) or our own
+        # batches run on a compute pool: given (shared with model loading) or our own (one worker)
         self._owns_compute = compute is None
         self._compute = compute or ComputePool(name="forward")
         self._worker: asyncio.Task | None = None
@@ -298,11 +299,17 @@ class MicroBatcher:
                 not_yet = cut_batches(round_items, self.policy)
                 while not_yet:
                     await self._until_fewer(running, workers + 1)
-                    batch = not_yet.pop(0)
-                    live = [item for item in batch if not item.future.done()]  # callers gone: dropped
-                    self._in_round_tokens -= sum(it.length for it in batch) - sum(it.length for it in live)
-                    if live:
-                        running[asyncio.create_task(self._run(live))] = live
+                    handing: list[list[WorkItem]] = []
+                    while not_yet and len(running) + len(handing) <= workers:
+                        batch = not_yet.pop(0)
+                        live = [item for item in batch if not item.future.done()]  # callers gone: dropped
+                        self._in_round_tokens -= sum(it.length for it in batch if it.future.done())
+                        if live:
+                            handing.append(live)
+                    # handed over together, so that the pool sees them together (a batch it takes
+                    # alone runs on every thread, and no other starts beside it)
+                    for live, job in zip(handing, self._hand_over(handing), strict=True):
+                        running[asyncio.create_task(self._run(live, job))] = live
                 await self._until_fewer(running, workers)
         finally:
             # Stopping (or a bug): nobody may wait forever. Items of batches never handed over fail now,
@@ -358,37 +365,45 @@ class MicroBatcher:
         self._queued_tokens -= sum(item.length for item in taken)
         return taken
 
-    async def _run(self, batch: list[WorkItem]) -> None:
+    def _hand_over(self, batches: list[list[WorkItem]]) -> list[Future | Exception]:
+        """Queue `batches` on the compute pool at once -> each one's job (or why it could not be queued)."""
+        try:
+            return self._compute.submit_batches(self._call, [[it.payload for it in b] for b in batches])
+        except Exception as exc:  # a closed pool: those batches fail, the worker goes on
+            return [exc] * len(batches)
+
+    async def _run(self, batch: list[WorkItem], job: Future | Exception) -> None:
         # started/finished: when a worker took and finished the batch, so that waiting for a worker
         # thread (behind a model load) counts as queueing and the event loop's delay in picking up the
         # result counts as neither. Cancelled (on stop): _work fails the batch's items.
         started = time.monotonic()
-        payloads = [item.payload for item in batch]
         try:
-            results, started, finished, alongside = await self._compute.run_batch(self._call, payloads)
+            if isinstance(job, Exception):
+                raise job
+            results, started, finished, scale = await asyncio.wrap_future(job)
         except Exception as exc:  # a broken run_batch (wrong result count) fails this batch only
             log.exception("batch of %d items failed", len(batch))
             results = [InferenceError(f"inference failed for this batch: {exc}")] * len(batch)
-            finished, alongside = time.monotonic(), 1
+            finished, scale = time.monotonic(), 1.0
         tokens = sum(item.length for item in batch)
         self._in_round_tokens -= tokens
         self._resolve(batch, results)
         failed_items = sum(isinstance(result, Exception) for result in results)
         if not failed_items:  # a batch split to isolate a failure is no measure of throughput
-            self._measure_throughput(tokens * alongside, finished - started)
+            self._measure_throughput(tokens * scale, finished - started)
         self._report(batch, started, finished, failed_items)
 
     def _measure_throughput(self, tokens: int, seconds: float) -> None:
-        """`tokens` computed in `seconds` (a batch's, times the batches that ran alongside it)."""
+        """`tokens` computed in `seconds` (a batch's, scaled to the whole pool's threads)."""
         rate = tokens / max(seconds, 1e-6)
         self.tokens_per_s = rate if self.tokens_per_s is None else 0.8 * self.tokens_per_s + 0.2 * rate
 
-    def _call(self, payloads: list[Any]) -> tuple[list[Any], float, float, int]:
-        """run_batch on a worker -> (results, when it started there, when it finished, how many batches
-        ran at once: the pool computes that many times the batch's tokens in its time)."""
-        started, alongside = time.monotonic(), self._compute.busy_workers
+    def _call(self, payloads: list[Any]) -> tuple[list[Any], float, float, float]:
+        """run_batch on a worker -> (results, when it started there, when it finished, the pool's threads
+        over the batch's: a batch on half of them stands for half of what the pool computes meanwhile)."""
+        started = time.monotonic()
         results = self._run_isolating(payloads)
-        return results, started, time.monotonic(), max(alongside, self._compute.busy_workers, 1)
+        return results, started, time.monotonic(), 1 / self._compute.machine_share()
 
     def _run_isolating(self, payloads: list[Any]) -> list[Any]:
         """run_batch; when it raises, each half is run again, down to single items, so that only the

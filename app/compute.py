@@ -4,23 +4,26 @@
   until no batch runs, runs on the first worker with all the threads, and no batch starts until it ends.
 - **Batches** (`run_batch`): the batcher's forward passes. The first worker takes the next batch when it
   is free, another worker when it is not. A batch that runs alone (no other batch running or waiting)
-  runs on the first worker with all the threads, so a lone client gets the whole machine; batches that
-  run together get `threads // workers` each.
+  runs on the first worker with all the threads, so a lone client gets the whole machine, and no other
+  batch starts beside it; batches that run together get their share each (`threads // workers`, the
+  first worker also what the shares leave). The batcher hands a round's batches over together
+  (`submit_batches`), so the pool sees them together.
 
 Why more than one worker on a CPU: a forward pass on two OpenMP threads waits for both at every barrier,
 so each time the scheduler preempts one of them for the HTTP side's work (event loop, tokenizer threads,
 clients on the same host), the other spins idle until it is back, and every millisecond of HTTP work
 costs the forward pass about two. Two batches on one thread each have no barrier to wait at: served
-`/score` at 64 clients went from 143-167 to 219-236 items/s on 2 vCPUs (docs/benchmarks.md).
+`/score` at 64 clients rose by 18-46% on 2 vCPUs (docs/benchmarks.md, "Forward passes side by side").
 
 Whether side by side pays is measured, not assumed (`measure_layout`, on the first version loaded, before
 it serves): the canary batches one at a time with every thread against the same side by side; the pool
 keeps its other workers idle unless side by side is faster by LAYOUT_MARGIN.
 
-Only the first worker ever uses more than its share of threads, so at most one OpenMP team exists: with
-a team per calling thread on a small machine, libgomp throttles their spin-waiting and forwards ran 1.9x
-slower. Whoever builds the service owns the pool, hands it to the registry and the batcher, and closes
-it last.
+Only the first worker ever uses more than its share of threads, and no other worker starts a batch
+while it does, so the threads at work never outnumber `threads`; with two threads, at most one OpenMP
+team exists (with a team per calling thread on a small machine, libgomp throttles their spin-waiting
+and forwards ran 1.9x slower). Whoever builds the service owns the pool, hands it to the registry and
+the batcher, and closes it last.
 """
 
 from __future__ import annotations
@@ -66,6 +69,11 @@ class ComputePool:
         self.workers = workers
         self.threads = threads
         self.threads_per_worker = max(1, threads // workers)
+        # side by side: the first worker also takes what the others' shares leave (3 threads: 2 + 1)
+        self._shares = [max(1, threads - self.threads_per_worker * (workers - 1))] + [
+            self.threads_per_worker
+        ] * (workers - 1)
+        self._local = threading.local()  # the thread count of the job a worker is running
         self._set_threads = set_threads
         self.side_by_side = workers > 1  # False: the other workers stay idle (measure_layout)
         self.layout: dict = {
@@ -74,6 +82,7 @@ class ComputePool:
         }  # fmt: skip
         self._jobs: deque[_Job] = deque()
         self._busy = [False] * workers
+        self._full = False  # the first worker runs a job with every thread: nobody else starts one
         self._exclusive_running = False
         self._closing = False
         self._cond = threading.Condition()
@@ -134,11 +143,6 @@ class ComputePool:
             self._cond.notify_all()
         return [job.future for job in jobs]
 
-    @property
-    def busy_workers(self) -> int:
-        """Workers running a job now."""
-        return sum(self._busy)
-
     def submit(self, fn: Callable[..., T], *args: object, exclusive: bool = True) -> Future:
         """Queue `fn(*args)` (a call when `exclusive`, else a batch) -> its concurrent future."""
         job = _Job(fn, args, exclusive)
@@ -150,13 +154,18 @@ class ComputePool:
         return job.future
 
     def close(self) -> None:
-        """Run what is queued, then end the workers (waits for the job running on each)."""
+        """Run what is queued, then end the workers (waits for them, unless called from a job)."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
+        if threading.current_thread() in self._threads:
+            return  # from a job: the workers end once the queue is drained, without waiting here
         for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join()
+            thread.join()
+
+    def machine_share(self) -> float:
+        """The share of the pool's threads the calling worker's job runs with (1.0 off the workers)."""
+        return getattr(self._local, "threads", self.threads) / self.threads
 
     def _may_take(self, index: int) -> bool:
         """Whether worker `index` may take the job at the head of the queue now (lock held)."""
@@ -164,31 +173,41 @@ class ComputePool:
             return False
         if self._jobs[0].exclusive:  # a call waits for every batch to end, on the first worker
             return index == 0 and not any(self._busy)
-        return index == 0 or (self.side_by_side and self._busy[0])  # the first worker takes batches first
+        if index == 0:  # the first worker takes batches first
+            return True
+        # the others only beside a first worker that runs on its share (never beside one with every
+        # thread: that would put more threads than cores to work)
+        return self.side_by_side and self._busy[0] and not self._full
+
+    def _take(self, index: int) -> tuple[_Job, int] | None:
+        """Wait for a job worker `index` may take -> (the job, its thread count); None once closed."""
+        with self._cond:
+            while not self._may_take(index):
+                if self._closing and not self._jobs:
+                    return None
+                self._cond.wait()
+            job = self._jobs.popleft()
+            self._busy[index] = True
+            self._exclusive_running = job.exclusive
+            if self._jobs:  # the next job may now go to another worker: let them look
+                self._cond.notify_all()
+            others_idle = not any(busy for i, busy in enumerate(self._busy) if i != index)
+            alone = job.exclusive or not self.side_by_side or (not self._jobs and others_idle)
+            threads = self.threads if index == 0 and alone else self._shares[index]
+            self._full = index == 0 and threads == self.threads and self.workers > 1
+            return job, threads
 
     def _serve(self, index: int) -> None:
         current_threads = None
-        while True:
-            with self._cond:
-                while not self._may_take(index):
-                    if self._closing and not self._jobs:
-                        return
-                    self._cond.wait()
-                job = self._jobs.popleft()
-                self._busy[index] = True
-                self._exclusive_running = job.exclusive
-                if self._jobs:  # the next job may now go to another worker: let them look
-                    self._cond.notify_all()
-                alone = job.exclusive or (
-                    not self._jobs and not any(busy for i, busy in enumerate(self._busy) if i != index)
-                )
-            wanted = self.threads if index == 0 and alone else self.threads_per_worker
+        while (taken := self._take(index)) is not None:
+            job, threads = taken
+            self._local.threads = threads
             try:
                 if job.future.set_running_or_notify_cancel():  # False: its caller cancelled it
                     try:
-                        if wanted != current_threads and self._set_threads is not None:
-                            self._set_threads(wanted)
-                            current_threads = wanted
+                        if threads != current_threads and self._set_threads is not None:
+                            self._set_threads(threads)
+                            current_threads = threads
                         result = job.fn(*job.args)
                     except BaseException as exc:  # the caller gets it; the worker goes on
                         job.future.set_exception(exc)
@@ -199,6 +218,8 @@ class ComputePool:
                     self._busy[index] = False
                     if job.exclusive:
                         self._exclusive_running = False
+                    if index == 0:
+                        self._full = False
                     self._cond.notify_all()
 
 

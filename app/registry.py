@@ -68,6 +68,7 @@ class ModelRegistry:
         # loads run alone on the service's compute pool (given, shared with the batcher), or on its own
         self._owns_compute = compute is None
         self.compute = compute or ComputePool()
+        self._layout_started = False  # the compute pool's layout is measured on the first version loaded
 
     def close(self) -> None:
         """End the compute pool if it is the registry's own (a given one is closed by its owner)."""
@@ -107,7 +108,8 @@ class ModelRegistry:
         loaded = await self.compute.run(self.load, name, manifest)
         layout = self.compute.layout
         unmeasured = layout["setting"] == "auto" and layout["workers"] > 1 and not layout["measured"]
-        if self.current is None and unmeasured:
+        if self.current is None and unmeasured and not self._layout_started:
+            self._layout_started = True  # once: a reload racing the first load does not measure again
             await self.measure_layout(loaded)  # nothing serves yet: the pool is the measurement's alone
         return loaded
 

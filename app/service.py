@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
@@ -64,13 +65,15 @@ class ModelHealth:
     def __init__(self) -> None:
         self.consecutive_failures = 0
         self.failing_version: str | None = None
+        self._lock = threading.Lock()  # compute workers record side by side
 
     def record(self, version: LoadedVersion, model_failed: bool) -> None:
-        if model_failed:
-            self.consecutive_failures += 1
-            self.failing_version = version.version
-        else:
-            self.consecutive_failures = 0
+        with self._lock:
+            if model_failed:
+                self.consecutive_failures += 1
+                self.failing_version = version.version
+            else:
+                self.consecutive_failures = 0
 
 
 class BatchScorer:

@@ -51,8 +51,9 @@ def set_thread_threads(threads: int) -> None:
 
 
 def configure_torch_threads(threads: int) -> None:
-    """Intra-op threads for the forward pass (the default of new threads); one inter-op thread, since
-    batches run side by side on the compute pool's own threads (app/compute.py), never torch's."""
+    """Intra-op threads of the process (the compute pool's workers then set their own, per job); one
+    inter-op thread, since batches run side by side on the compute pool's own threads (app/compute.py),
+    never torch's."""
     torch.set_num_threads(threads)
     if torch.get_num_interop_threads() != 1:
         try:

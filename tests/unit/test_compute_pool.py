@@ -89,7 +89,7 @@ def pool():
     compute.close()
 
 
-def test_a_lone_batch_gets_every_thread_on_the_first_worker_and_side_by_side_ones_share_them(pool) -> None:
+def test_a_lone_batch_gets_every_thread_and_no_batch_starts_beside_it(pool) -> None:
     counts = pool.counts
 
     async def scenario():
@@ -97,33 +97,32 @@ def test_a_lone_batch_gets_every_thread_on_the_first_worker_and_side_by_side_one
         gate, entered = threading.Event(), threading.Event()
         first = asyncio.ensure_future(pool.run_batch(held_job(counts, gate, entered)))
         await asyncio.to_thread(entered.wait, 10)
-        second = await pool.run_batch(counts.where)  # runs while the first is held
+        second = asyncio.ensure_future(pool.run_batch(counts.where))
+        await asyncio.sleep(0.1)
+        started_beside = second.done()  # more threads than cores: it must wait for the first
         gate.set()
-        return alone, await first, second
+        return alone, await first, started_beside, await second
 
-    alone, first, second = asyncio.run(scenario())
-    assert alone == ("t_0", 4)
-    assert first == ("t_0", 4)  # it started alone
-    assert second == ("t_1", 2)  # the first worker was busy: the other one, with its share
+    alone, first, started_beside, second = asyncio.run(scenario())
+    assert alone == ("t_0", 4) and first == ("t_0", 4)
+    assert not started_beside and second == ("t_0", 4)  # then alone in turn
 
 
-def test_batches_queued_together_run_side_by_side_with_their_share() -> None:
+def test_batches_handed_over_together_run_side_by_side_with_their_share() -> None:
     counts = ThreadCounts()
-    pool = ComputePool(workers=2, threads=2, set_threads=counts)
+    pool = ComputePool(workers=2, threads=3, set_threads=counts)
     both_in = threading.Barrier(2, timeout=10)  # neither returns unless the other runs at the same time
 
-    def job() -> tuple[str, int]:
+    def job(_) -> tuple[str, int, float]:
         both_in.wait()
-        return counts.where()
-
-    async def scenario():
-        return await asyncio.gather(pool.run_batch(job), pool.run_batch(job))
+        return (*counts.where(), pool.machine_share())
 
     try:
-        results = asyncio.run(scenario())
+        results = [future.result(timeout=20) for future in pool.submit_batches(job, [1, 2])]
     finally:
         pool.close()
-    assert sorted(results) == [("torch_0", 1), ("torch_1", 1)]
+    # the first worker also takes the thread the other's share leaves; each stands for its share
+    assert sorted(results) == [("torch_0", 2, 2 / 3), ("torch_1", 1, 1 / 3)]
 
 
 def test_a_call_waits_for_running_batches_and_no_batch_starts_during_it(pool) -> None:
@@ -234,25 +233,25 @@ def test_side_by_side_is_kept_when_it_is_measured_faster() -> None:
 
 
 def test_batches_run_one_at_a_time_when_side_by_side_is_measured_no_faster() -> None:
-    pool = ComputePool(workers=2, threads=2)
+    counts = ThreadCounts()
+    pool = ComputePool(workers=2, threads=2, set_threads=counts)
     one_at_a_time = threading.Lock()
 
     def forward(batch: list[int]) -> None:
         with one_at_a_time:  # what two forward passes fighting over the same cores look like
             time.sleep(0.002 * len(batch))
 
-    async def scenario() -> tuple[dict, set[str]]:
+    async def scenario() -> tuple[dict, set[tuple[str, int]]]:
         layout = await pool.measure_layout(forward, [[1] * 10, [1] * 10])
-        where = [pool.run_batch(lambda: threading.current_thread().name) for _ in range(8)]
-        names = await asyncio.gather(*where)
-        return layout, set(names)
+        jobs = pool.submit_batches(lambda _: counts.where(), list(range(8)))
+        return layout, set(await asyncio.gather(*map(asyncio.wrap_future, jobs)))
 
     try:
         layout, workers_used = asyncio.run(scenario())
     finally:
         pool.close()
     assert layout["measured"] and not layout["side_by_side"] and pool.active_workers == 1
-    assert workers_used == {"torch_0"}  # the other worker stays idle
+    assert workers_used == {("torch_0", 2)}  # the other worker stays idle; batches get every thread
 
 
 def test_a_forced_worker_count_is_not_measured() -> None:
@@ -262,3 +261,24 @@ def test_a_forced_worker_count_is_not_measured() -> None:
     finally:
         pool.close()
     assert layout["setting"] == "forced" and not layout["measured"] and pool.active_workers == 2
+
+
+def test_closing_from_a_job_does_not_wait_for_itself() -> None:
+    pool = ComputePool(workers=2, threads=2)
+    ran: list[int] = []
+    gate = threading.Event()
+
+    def close_from_a_job() -> None:
+        assert gate.wait(timeout=10)
+        pool.close()
+
+    closer = pool.submit(close_from_a_job)
+    later = [pool.submit(ran.append, i, exclusive=False) for i in range(3)]
+    gate.set()
+    assert closer.result(timeout=10) is None  # returned instead of joining the workers
+    for future in later:  # queued before the close: still run
+        future.result(timeout=10)
+    assert ran == [0, 1, 2]
+    for thread in pool._threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in pool._threads)
