@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gzip
 import json
 import os
@@ -286,7 +287,7 @@ def best_rate_side_by_side(
     items, best = sum(map(len, batches)), 0.0
     for _ in range(passes):
         started = time.perf_counter()
-        for future in [pool.submit(forward_batch, version, batch, exclusive=False) for batch in batches]:
+        for future in pool.submit_batches(functools.partial(forward_batch, version), batches):
             future.result()
         best = max(best, items / (time.perf_counter() - started))
     return best
