@@ -40,8 +40,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-LAYOUT_ROUNDS = 3  # timed passes of each layout, taken in turn; the medians count
-LAYOUT_MARGIN = 1.05  # side by side is kept when its median items/s is at least this times one at a time
+LAYOUT_ROUNDS = 5  # timed passes of each layout, taken in turn; the median of the rounds' ratios counts
+LAYOUT_MARGIN = 1.05  # side by side is kept when that ratio (side by side / one at a time) is at least this
 
 
 @dataclass
@@ -109,7 +109,8 @@ class ComputePool:
 
     async def measure_layout(self, forward: Callable[[list], Any], batches: list[list]) -> dict:
         """Time `forward` over `batches` one at a time with every thread and side by side on the workers,
-        in turn LAYOUT_ROUNDS times; keep side by side only if its median items/s beats one at a time by
+        in turn LAYOUT_ROUNDS times; keep side by side only if the median of the rounds' ratios (each
+        taken within a round, so that a slow spell of a shared machine hits both layouts) reaches
         LAYOUT_MARGIN. Run it while nothing else uses the pool (its figures are the pool's alone)."""
         if self.workers == 1 or self.layout["setting"] != "auto":
             return self.layout
@@ -126,10 +127,12 @@ class ComputePool:
             await asyncio.gather(*map(asyncio.wrap_future, self.submit_batches(forward, batches)))
             side.append(items / (time.perf_counter() - started))
         one_rate, side_rate = statistics.median(alone), statistics.median(side)
-        self.side_by_side = side_rate >= LAYOUT_MARGIN * one_rate
+        ratio = statistics.median(s / a for s, a in zip(side, alone, strict=True))
+        self.side_by_side = ratio >= LAYOUT_MARGIN
         self.layout = {
             **self.layout, "side_by_side": self.side_by_side, "measured": True,
             "one_at_a_time_items_per_s": round(one_rate, 1), "side_by_side_items_per_s": round(side_rate, 1),
+            "side_by_side_ratio": round(ratio, 3),
         }  # fmt: skip
         return self.layout
 

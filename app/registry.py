@@ -125,9 +125,11 @@ class ModelRegistry:
             self.compute.layout = {**self.compute.layout, "side_by_side": False}
             return
         log.info(
-            "compute pool: %s (%d workers; canary %.1f items/s one at a time, %.1f side by side)",
+            "compute pool: %s (%d workers; canary %.1f items/s one at a time, %.1f side by side, "
+            "median ratio %.2f)",
             "batches side by side" if layout["side_by_side"] else "one batch at a time", layout["workers"],
             layout["one_at_a_time_items_per_s"], layout["side_by_side_items_per_s"],
+            layout["side_by_side_ratio"],
         )  # fmt: skip
 
     def measure_execution(self, loaded: LoadedVersion) -> None:
