@@ -13,14 +13,14 @@ Why more than one worker on a CPU: a forward pass on two OpenMP threads waits fo
 so each time the scheduler preempts one of them for the HTTP side's work (event loop, tokenizer threads,
 clients on the same host), the other spins idle until it is back, and every millisecond of HTTP work
 costs the forward pass about two. Two batches on one thread each have no barrier to wait at: served
-`/score` at 64 clients rose by 18-46% on 2 vCPUs (docs/benchmarks.md, "Forward passes side by side").
+`/score` at 64 clients rose by a median 21% on 2 vCPUs (docs/benchmarks.md, "Forward passes side by side").
 
 Whether side by side pays is measured, not assumed (`measure_layout`, on the first version loaded, before
 it serves): the canary batches one at a time with every thread against the same side by side; the pool
 keeps its other workers idle when side by side is slower by more than LAYOUT_FLOOR allows. The bar is
 "not slower", not "faster": in process, without the HTTP side's preemptions, the canary shows only part
 of the gain side by side brings to a serving process (its ratio was 0.85-1.24 across restarts while
-every served comparison favoured side by side, docs/benchmarks.md).
+served comparisons favoured side by side in nine pairs of ten, docs/benchmarks.md).
 
 Only the first worker ever uses more than its share of threads, and no other worker starts a batch
 while it does, so the threads at work never outnumber `threads`; with two threads, at most one OpenMP
