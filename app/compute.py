@@ -19,8 +19,8 @@ Whether side by side pays is measured, not assumed (`measure_layout`, on the fir
 it serves): the canary batches one at a time with every thread against the same side by side; the pool
 keeps its other workers idle when side by side is slower by more than LAYOUT_FLOOR allows. The bar is
 "not slower", not "faster": in process, without the HTTP side's preemptions, the canary shows only part
-of the gain side by side brings to a serving process (its ratio was 0.85-1.24 across restarts while
-served comparisons favoured side by side in nine pairs of ten, docs/benchmarks.md).
+of the gain side by side brings to a serving process (its ratio was 0.85-1.24 across restarts, on
+batches of 16, while served comparisons favoured side by side in nine pairs of ten, docs/benchmarks.md).
 
 Only the first worker ever uses more than its share of threads, and no other worker starts a batch
 while it does, so the threads at work never outnumber `threads`; with two threads, at most one OpenMP
@@ -79,10 +79,8 @@ class ComputePool:
         self._local = threading.local()  # the thread count of the job a worker is running
         self._set_threads = set_threads
         self.side_by_side = workers > 1  # False: the other workers stay idle (measure_layout)
-        self.layout: dict = {
-            "workers": workers, "side_by_side": self.side_by_side,
-            "setting": "auto" if measured else "forced", "measured": False,
-        }  # fmt: skip
+        self.setting = "auto" if measured else "forced"
+        self._timings: dict = {}  # measure_layout's figures
         self._jobs: deque[_Job] = deque()
         self._busy = [False] * workers
         self._full = False  # the first worker runs a job with every thread: nobody else starts one
@@ -101,9 +99,17 @@ class ComputePool:
         it; no batch runs meanwhile."""
         return await asyncio.wrap_future(self.submit(fn, *args, exclusive=True))
 
-    async def run_batch(self, fn: Callable[..., T], *args: object) -> T:
-        """Await `fn(*args)` on the next free worker, alongside other batches."""
-        return await asyncio.wrap_future(self.submit(fn, *args, exclusive=False))
+    @property
+    def layout(self) -> dict:
+        """The workers, whether batches run side by side, and how that was decided (/v1/model)."""
+        return {
+            "workers": self.workers, "side_by_side": self.side_by_side, "setting": self.setting,
+            "measured": bool(self._timings), **self._timings,
+        }  # fmt: skip
+
+    def one_at_a_time(self) -> None:
+        """Run batches one at a time on the first worker from now on, with every thread."""
+        self.side_by_side = False
 
     @property
     def active_workers(self) -> int:
@@ -115,7 +121,7 @@ class ComputePool:
         in turn LAYOUT_ROUNDS times; keep side by side only if the median of the rounds' ratios (each
         taken within a round, so that a slow spell of a shared machine hits both layouts) reaches
         LAYOUT_FLOOR. Run it while nothing else uses the pool (its figures are the pool's alone)."""
-        if self.workers == 1 or self.layout["setting"] != "auto":
+        if self.workers == 1 or self.setting != "auto":
             return self.layout
         items = sum(map(len, batches))
         alone: list[float] = []
@@ -132,8 +138,7 @@ class ComputePool:
         one_rate, side_rate = statistics.median(alone), statistics.median(side)
         ratio = statistics.median(s / a for s, a in zip(side, alone, strict=True))
         self.side_by_side = ratio >= LAYOUT_FLOOR
-        self.layout = {
-            **self.layout, "side_by_side": self.side_by_side, "measured": True,
+        self._timings = {
             "one_at_a_time_items_per_s": round(one_rate, 1), "side_by_side_items_per_s": round(side_rate, 1),
             "side_by_side_ratio": round(ratio, 3),
         }  # fmt: skip
@@ -141,23 +146,19 @@ class ComputePool:
 
     def submit_batches(self, fn: Callable[..., T], args: list) -> list[Future]:
         """Queue `fn(a)` for each of `args` as batches, all at once (no worker takes one alone)."""
-        jobs = [_Job(fn, (one,), exclusive=False) for one in args]
+        return self._enqueue([_Job(fn, (one,), exclusive=False) for one in args])
+
+    def submit(self, fn: Callable[..., T], *args: object, exclusive: bool = True) -> Future:
+        """Queue `fn(*args)` (a call when `exclusive`, else a batch) -> its concurrent future."""
+        return self._enqueue([_Job(fn, args, exclusive)])[0]
+
+    def _enqueue(self, jobs: list[_Job]) -> list[Future]:
         with self._cond:
             if self._closing:
                 raise RuntimeError("the compute pool is closed")
             self._jobs.extend(jobs)
             self._cond.notify_all()
         return [job.future for job in jobs]
-
-    def submit(self, fn: Callable[..., T], *args: object, exclusive: bool = True) -> Future:
-        """Queue `fn(*args)` (a call when `exclusive`, else a batch) -> its concurrent future."""
-        job = _Job(fn, args, exclusive)
-        with self._cond:
-            if self._closing:
-                raise RuntimeError("the compute pool is closed")
-            self._jobs.append(job)
-            self._cond.notify_all()
-        return job.future
 
     def close(self) -> None:
         """Run what is queued, then end the workers (waits for them, unless called from a job)."""

@@ -106,7 +106,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     log.info(
         "compute pool: %d worker(s), %d torch thread(s) in all, %d each when side by side (%s)",
-        workers, settings.torch_threads, compute.threads_per_worker, compute.layout["setting"],
+        workers, settings.torch_threads, compute.threads_per_worker, compute.setting,
     )  # fmt: skip
     registry = ModelRegistry(
         settings.model_store, settings.device, settings.dtype, settings.execution_path, settings.onnx_cache,

@@ -106,9 +106,8 @@ class ModelRegistry:
         name = self.version_name(version)
         manifest = await asyncio.to_thread(verify_version, version_dir(self.store, name))
         loaded = await self.compute.run(self.load, name, manifest)
-        layout = self.compute.layout
-        unmeasured = layout["setting"] == "auto" and layout["workers"] > 1 and not layout["measured"]
-        if self.current is None and unmeasured and not self._layout_started:
+        auto = self.compute.setting == "auto" and self.compute.workers > 1
+        if auto and self.current is None and not self._layout_started:
             self._layout_started = True  # once: a reload racing the first load does not measure again
             await self.measure_layout(loaded)  # nothing serves yet: the pool is the measurement's alone
         return loaded
@@ -118,11 +117,11 @@ class ModelRegistry:
         canary batches; on any failure it runs them one at a time, as with one worker."""
         try:
             ids = await asyncio.to_thread(loaded.backend.encode, *canary_texts())
-            layout = await self.compute.measure_layout(loaded.backend.forward, [ids, ids])
+            # two batches of one answer per canary prompt: both layouts timed in about a second
+            layout = await self.compute.measure_layout(loaded.backend.forward, [ids[0::2], ids[1::2]])
         except Exception:  # noqa: BLE001 - a timing failure must not keep a good version from serving
             log.exception("could not time batches side by side; running them one at a time")
-            self.compute.side_by_side = False
-            self.compute.layout = {**self.compute.layout, "side_by_side": False}
+            self.compute.one_at_a_time()
             return
         log.info(
             "compute pool: %s (%d workers; canary %.1f items/s one at a time, %.1f side by side, "

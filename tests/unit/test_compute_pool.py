@@ -80,6 +80,11 @@ def held_job(counts: ThreadCounts, gate: threading.Event, entered: threading.Eve
     return job
 
 
+async def run_batch(pool: ComputePool, fn):
+    """Await `fn()` queued on `pool` as a batch."""
+    return await asyncio.wrap_future(pool.submit(fn, exclusive=False))
+
+
 @pytest.fixture
 def pool():
     counts = ThreadCounts()
@@ -93,11 +98,11 @@ def test_a_lone_batch_gets_every_thread_and_no_batch_starts_beside_it(pool) -> N
     counts = pool.counts
 
     async def scenario():
-        alone = await pool.run_batch(counts.where)
+        alone = await run_batch(pool, counts.where)
         gate, entered = threading.Event(), threading.Event()
-        first = asyncio.ensure_future(pool.run_batch(held_job(counts, gate, entered)))
+        first = asyncio.ensure_future(run_batch(pool, held_job(counts, gate, entered)))
         await asyncio.to_thread(entered.wait, 10)
-        second = asyncio.ensure_future(pool.run_batch(counts.where))
+        second = asyncio.ensure_future(run_batch(pool, counts.where))
         await asyncio.sleep(0.1)
         started_beside = second.done()  # more threads than cores: it must wait for the first
         gate.set()
@@ -139,11 +144,11 @@ def test_a_call_waits_for_running_batches_and_no_batch_starts_during_it(pool) ->
         return job
 
     async def scenario():
-        running = asyncio.ensure_future(pool.run_batch(batch("b1", 0.2)))
+        running = asyncio.ensure_future(run_batch(pool, batch("b1", 0.2)))
         await asyncio.sleep(0.05)
         call = asyncio.ensure_future(pool.run(batch("load", 0.2)))
         await asyncio.sleep(0.05)
-        after = asyncio.ensure_future(pool.run_batch(batch("b2")))  # queued behind the call
+        after = asyncio.ensure_future(run_batch(pool, batch("b2")))  # queued behind the call
         return await asyncio.gather(running, call, after)
 
     _, load, _ = asyncio.run(scenario())
@@ -159,16 +164,16 @@ def test_an_error_reaches_its_caller_and_a_cancelled_job_never_runs(pool) -> Non
 
     async def scenario():
         with pytest.raises(ValueError, match="broken batch"):
-            await pool.run_batch(fail)
+            await run_batch(pool, fail)
         gate, entered = threading.Event(), threading.Event()
         held = [asyncio.ensure_future(pool.run(held_job(pool.counts, gate, entered)))]
         await asyncio.to_thread(entered.wait, 10)
-        queued = asyncio.ensure_future(pool.run_batch(lambda: ran.append("cancelled one")))
+        queued = asyncio.ensure_future(run_batch(pool, lambda: ran.append("cancelled one")))
         await asyncio.sleep(0.01)
         queued.cancel()
         gate.set()
         await held[0]
-        return await pool.run_batch(lambda: ran.append("next") or "ok")
+        return await run_batch(pool, lambda: ran.append("next") or "ok")
 
     assert asyncio.run(scenario()) == "ok"
     assert ran == ["next"]
